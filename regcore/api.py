@@ -1,0 +1,233 @@
+"""``register(source, target)``: the one call most users need."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import default_model_name, load_model
+from .errors import RegcoreError
+from .io import ImageLike, load_image, save_image
+from .metrics import folding_percent, image_scores, jacobian_determinant
+from .optimize import optimize_flow, pyramid_levels
+from .warp import resize_flow, warp
+
+__all__ = ["DEFAULT_REFINE_STEPS", "METHODS", "NET_MAX_SIDE", "RegistrationResult", "register"]
+
+METHODS = ("net", "net+refine", "optimize")
+#: Refinement steps of ``"net+refine"`` when ``refine_steps`` is not given.
+DEFAULT_REFINE_STEPS = 30
+#: Optimisation steps per pyramid level of ``"optimize"`` when ``refine_steps`` is not given.
+DEFAULT_OPTIMIZE_STEPS = 100
+#: Images whose longer side exceeds this are registered at this size; the field is scaled back.
+NET_MAX_SIDE = 512
+#: Default weight of the smoothness term in the per-pair optimisation.
+DEFAULT_REG_WEIGHT = 1.0
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`register` returns.
+
+    Attributes:
+        flow: ``(2, H, W)`` float32 displacement in pixels (channel 0 rows, 1 columns) with
+            ``warped[y, x] = source[y + flow[0, y, x], x + flow[1, y, x]]``.
+        warped: ``(H, W)`` float32 in [0, 1], the source warped onto the target.
+        source, target: the ``(H, W)`` float32 images as registered (target at the source's size).
+        method: ``"net"``, ``"net+refine"`` or ``"optimize"``.
+        model: the checkpoint used, or None.
+        before, after: scores of (source, target) and of (warped, target): ``mse``, ``ncc``,
+            ``local_ncc``; ``after`` adds ``folding_percent`` and ``jacobian_min``.
+        time_s: wall time of the registration itself (loading excluded).
+        notes: what was done that the caller did not ask for (resizing, fallbacks), one line each.
+    """
+
+    flow: np.ndarray
+    warped: np.ndarray
+    source: np.ndarray
+    target: np.ndarray
+    method: str
+    model: str | None
+    before: dict[str, float]
+    after: dict[str, float]
+    time_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mse(self) -> float:
+        return self.after["mse"]
+
+    @property
+    def ncc(self) -> float:
+        return self.after["ncc"]
+
+    @property
+    def local_ncc(self) -> float:
+        return self.after["local_ncc"]
+
+    @property
+    def folding_percent(self) -> float:
+        return self.after["folding_percent"]
+
+    @property
+    def jacobian(self) -> np.ndarray:
+        """``(H, W)`` Jacobian determinant of ``p -> p + flow(p)`` (≤ 0 where it folds)."""
+        return jacobian_determinant(self.flow)
+
+    def metrics(self) -> dict:
+        """JSON-ready summary: method, model, shape, before/after scores, time and notes."""
+        return {
+            "method": self.method,
+            "model": self.model,
+            "shape": list(self.flow.shape[1:]),
+            "before": self.before,
+            "after": self.after,
+            "time_s": self.time_s,
+            "notes": self.notes,
+        }
+
+    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write ``warped.png``, ``flow.npy`` and ``metrics.json`` into ``out_dir`` (created if needed)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"warped": out / "warped.png", "flow": out / "flow.npy", "metrics": out / "metrics.json"}
+        save_image(paths["warped"], self.warped)
+        np.save(paths["flow"], self.flow.astype(np.float32))
+        paths["metrics"].write_text(json.dumps(self.metrics(), indent=2) + "\n")
+        return paths
+
+
+def _tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=True, antialias=shrinking).clamp(0, 1)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RegcoreError(f"device {device!r} asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def register(
+    source: ImageLike,
+    target: ImageLike,
+    *,
+    method: str | None = None,
+    model: str | os.PathLike | None = None,
+    refine_steps: int | None = None,
+    similarity: str = "ncc",
+    reg_weight: float = DEFAULT_REG_WEIGHT,
+    device: str | torch.device = "cpu",
+    max_side: int = NET_MAX_SIDE,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> RegistrationResult:
+    """Register ``source`` to ``target``: find ``flow`` with ``warp(source, flow) ≈ target``.
+
+    Args:
+        source, target: numpy arrays, PIL images, file paths or file bytes (see
+            :func:`regcore.io.load_image`). The target is resampled to the source's size when
+            they differ, and the result is in the source's pixel grid.
+        method: ``"net"`` (one network pass), ``"net+refine"`` (the network's field, then
+            ``refine_steps`` of per-pair optimisation) or ``"optimize"`` (optimisation only,
+            multi-resolution, no network). Default: ``"net+refine"`` when a checkpoint is
+            available, else ``"optimize"`` (and a note says so).
+        model: a checkpoint folder, shipped checkpoint name or Hub repo id; default the shipped
+            local-NCC model.
+        refine_steps: optimisation steps (``"net+refine"``: at full resolution, default
+            ``DEFAULT_REFINE_STEPS``; ``"optimize"``: per pyramid level, default
+            ``DEFAULT_OPTIMIZE_STEPS``).
+        similarity: what the optimisation maximises: ``"ncc"`` (local NCC), ``"ncc2"``,
+            ``"gncc"`` or ``"mse"``.
+        reg_weight: smoothness weight of the optimisation.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        max_side: images with a longer side are registered at this size and the field scaled
+            back (a note says so).
+        progress: called as ``progress(done, total, loss)`` during optimisation.
+
+    Raises:
+        ImageError: an input is not a usable image. CheckpointError: the model cannot be loaded.
+        RegcoreError: another invalid argument.
+    """
+    src = load_image(source, "source")
+    tgt = load_image(target, "target")
+    notes: list[str] = []
+    if method is not None and method not in METHODS:
+        raise RegcoreError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if refine_steps is not None and refine_steps < 0:
+        raise RegcoreError(f"refine_steps must be >= 0, got {refine_steps}")
+    if max_side < 16:
+        raise RegcoreError(f"max_side must be at least 16, got {max_side}")
+    dev = _device(device)
+    model_name = str(model) if model is not None else default_model_name()
+    if method is None:
+        method = "net+refine" if model_name is not None else "optimize"
+        if model_name is None:
+            notes.append("no trained checkpoint found: used optimisation only (method 'optimize')")
+    elif method != "optimize" and model_name is None:
+        raise RegcoreError(f"method {method!r} needs a trained checkpoint, and none was found or given")
+    net = load_model(model_name, dev) if method != "optimize" else None
+
+    size = src.shape
+    if tgt.shape != size:
+        notes.append(f"target resized from {tgt.shape[1]}x{tgt.shape[0]} to the source's {size[1]}x{size[0]}")
+    for label, image in (("source", src), ("target", tgt)):
+        if float(image.max() - image.min()) < 1e-6:
+            notes.append(f"the {label} image is constant: there is nothing to align, so the field is meaningless")
+
+    start = time.perf_counter()
+    src_t = _tensor(src, dev)
+    tgt_t = _resize(_tensor(tgt, dev), size)
+    scale = min(1.0, max_side / max(size))
+    work = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    if work != size:
+        notes.append(f"registered at {work[1]}x{work[0]} (longer side capped at {max_side}); the field was scaled back")
+    src_w, tgt_w = _resize(src_t, work), _resize(tgt_t, work)
+
+    flow = None
+    if net is not None:
+        with torch.inference_mode():
+            flow = net(src_w, tgt_w).clone()
+    if method != "net":
+        steps = refine_steps if refine_steps is not None else (DEFAULT_REFINE_STEPS if net is not None else DEFAULT_OPTIMIZE_STEPS)
+        levels = 1 if net is not None else pyramid_levels(work)
+        with torch.enable_grad():
+            flow = optimize_flow(src_w, tgt_w, flow, steps, levels, similarity, reg_weight, callback=progress)
+    flow = resize_flow(flow, size)
+    with torch.inference_mode():
+        warped = warp(src_t, flow)
+    elapsed = time.perf_counter() - start
+
+    flow_np = flow[0].cpu().numpy().astype(np.float32)
+    warped_np = warped[0, 0].cpu().numpy().astype(np.float32)
+    tgt_np = tgt_t[0, 0].cpu().numpy().astype(np.float32)
+    after = image_scores(warped_np, tgt_np)
+    after["folding_percent"] = folding_percent(flow_np)
+    after["jacobian_min"] = float(jacobian_determinant(flow_np).min())
+    return RegistrationResult(
+        flow=flow_np,
+        warped=warped_np,
+        source=src,
+        target=tgt_np,
+        method=method,
+        model=model_name if net is not None else None,
+        before=image_scores(src, tgt_np),
+        after=after,
+        time_s=elapsed,
+        notes=notes,
+    )

@@ -1,0 +1,111 @@
+"""Command line: ``python -m regcore register SOURCE TARGET --out DIR`` (and ``warp``, ``models``).
+
+Bad input exits with status 2 and one readable line on stderr (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .api import METHODS, register
+from .errors import RegcoreError
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m regcore", description="2-D deformable image registration.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("register", help="register SOURCE to TARGET; write warped.png, flow.npy, metrics.json")
+    r.add_argument("source", help="image to deform (PNG, JPEG, TIFF, BMP, ...)")
+    r.add_argument("target", help="image to match")
+    r.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    r.add_argument("--method", choices=METHODS, default=None, help="default: net+refine with a checkpoint, else optimize")
+    r.add_argument("--model", default=None, help="checkpoint folder, shipped name or Hub repo id")
+    r.add_argument("--refine-steps", type=int, default=None, help="optimisation steps")
+    r.add_argument("--similarity", choices=["ncc", "ncc2", "gncc", "mse"], default="ncc", help="optimisation similarity")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels); write OUT")
+    w.add_argument("image")
+    w.add_argument("flow", type=Path)
+    w.add_argument("--out", required=True, type=Path, help="output image file (.png)")
+    sub.add_parser("models", help="list the shipped checkpoints")
+    return p
+
+
+def _register(args: argparse.Namespace) -> None:
+    result = register(
+        args.source,
+        args.target,
+        method=args.method,
+        model=args.model,
+        refine_steps=args.refine_steps,
+        similarity=args.similarity,
+        device=args.device,
+    )
+    try:
+        paths = result.save(args.out)
+    except OSError as err:
+        raise RegcoreError(f"cannot write to {args.out}: {err.strerror or err}") from None
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    b, a = result.before, result.after
+    print(f"method {result.method}" + (f" (model {result.model})" if result.model else "") + f", {result.time_s:.2f} s")
+    print(f"{'':12}{'before':>10}{'after':>10}")
+    for key in ("mse", "ncc", "local_ncc"):
+        print(f"{key:12}{b[key]:10.4f}{a[key]:10.4f}")
+    print(f"folding     {a['folding_percent']:.3f}% of pixels")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _warp(args: argparse.Namespace) -> None:
+    import torch
+
+    from .io import load_image, save_image
+    from .warp import warp
+
+    image = load_image(args.image)
+    try:
+        flow = np.load(args.flow, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise RegcoreError(f"{args.flow}: not a readable .npy field ({err})") from None
+    if flow.shape != (2, *image.shape):
+        raise RegcoreError(f"{args.flow}: field shape {flow.shape} does not match the image; expected {(2, *image.shape)}")
+    if not np.isfinite(flow).all():
+        raise RegcoreError(f"{args.flow}: the field contains NaN or infinite values")
+    with torch.inference_mode():
+        out = warp(torch.from_numpy(image)[None, None], torch.from_numpy(flow.astype(np.float32))[None])
+    try:
+        save_image(args.out, out[0, 0].numpy())
+    except (OSError, ValueError) as err:
+        raise RegcoreError(f"cannot write {args.out}: {err}") from None
+    print(f"wrote {args.out}")
+
+
+def _models(_: argparse.Namespace) -> None:
+    from .checkpoints import available_models
+
+    models = available_models()
+    if not models:
+        print("no shipped checkpoints")
+    for i, (name, path) in enumerate(models.items()):
+        config = json.loads((path / "config.json").read_text())
+        print(f"{name}{' (default)' if i == 0 else ''}: {path}  {json.dumps(config, separators=(',', ':'))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"register": _register, "warp": _warp, "models": _models}[args.command](args)
+    except RegcoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

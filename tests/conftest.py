@@ -1,0 +1,33 @@
+"""Shared fixtures: seeded test images and offline settings."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real photograph (scikit-image's camera), 96×96, float32 in [0, 1]."""
+    from regcore.data import load_photo
+
+    return load_photo("camera", 96)
+
+
+@pytest.fixture
+def no_checkpoints(tmp_path, monkeypatch) -> None:
+    """Pretend no checkpoint is shipped."""
+    monkeypatch.setenv("REGCORE_CHECKPOINTS", str(tmp_path / "none"))
