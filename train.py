@@ -53,7 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", choices=["last", "best"], default=None, help="continue from the saved state")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (e.g. checkpoints/ncc)")
     p.add_argument("--state", type=Path, default=None, help="where the resumable state goes (default <out>/state)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall time")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="time budget: the schedule follows whichever of steps and time runs out first"
+    )
+    p.add_argument("--init", type=Path, default=None, help="start from the weights of a saved state folder (fine-tuning; fresh schedule)")
     return p.parse_args(argv)
 
 
@@ -87,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         meta = load_state(state_dir / args.resume, net, opt)
         start_step, best = meta["step"], meta["best_epe"]
+    elif args.init:
+        init = load_state(args.init, net, torch.optim.Adam(net.parameters()))
+        args.init_from = f"{args.init} (step {init['step']} of a run with loss {init['args']['loss']}, recipe {init['args']['recipe']})"
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     sim, reg = make_losses(cfg)
 
@@ -105,12 +111,36 @@ def main(argv: list[str] | None = None) -> None:
     t0, seen, last_time = time.time(), 0, time.time()
     bar = tqdm(total=args.steps, initial=start_step, disable=rank != 0, dynamic_ncols=True, mininterval=5)
     running: dict[str, float] = {}
-    step = completed = start_step
+    validated = completed = start_step
+
+    def checkpoint(done: int) -> None:
+        """Validate, log both rows, save the last state and, if it is the best so far, the model."""
+        nonlocal best, seen, last_time
+        scores = validate(net, val, cfg)
+        rate, lr, elapsed = seen / max(1e-9, time.time() - last_time), opt.param_groups[0]["lr"], time.time() - t0
+        seen, last_time = 0, time.time()
+        with log_path.open("a", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(
+                [done, "train", running["total"], running["sim"], running["reg"], running.get("sup", ""), "", "", "", lr, rate, elapsed]
+            )
+            w.writerow([done, "val", scores["loss"], "", "", "", scores["epe"], scores["local_ncc"], scores["folding"], lr, "", elapsed])
+        meta = {"step": done, "best_epe": min(best, scores["epe"]), "args": {k: str(v) for k, v in vars(args).items()}}
+        save_state(state_dir / "last", net, opt, meta)
+        if scores["epe"] < best:
+            best = scores["epe"]
+            save_state(state_dir / "best", net, opt, meta)
+            save_model(net, args.out)
+        tqdm.write(f"step {done}: val EPE {scores['epe']:.3f} px, local NCC {scores['local_ncc']:.3f}, folding {scores['folding']:.3f}%")
+
     for step, (s, t, f) in enumerate(loader, start=start_step):
-        if step >= args.steps or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes):
+        progress = step / args.steps
+        if args.max_minutes:
+            progress = max(progress, (time.time() - t0) / (60 * args.max_minutes))
+        if progress >= 1:
             break
         for group in opt.param_groups:
-            group["lr"] = args.lr * lr_factor(step, args.steps)
+            group["lr"] = args.lr * lr_factor(progress)
         batch = Batch(s.to(device), t.to(device), f.to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
             flow = model(batch.source, batch.target)
@@ -123,57 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         for k, v in terms.items():
             running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
         if rank == 0 and step % 20 == 0:
-            rate = seen / max(1e-9, time.time() - last_time)
-            bar.set_postfix(loss=f"{running['total']:.4f}", pairs_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{running['total']:.4f}", pairs_s=f"{seen / max(1e-9, time.time() - last_time):.1f}")
         bar.update(1)
-        if rank == 0 and ((step + 1) % args.val_every == 0 or step + 1 == args.steps):
-            scores = validate(net, val, cfg)
-            rate = seen / max(1e-9, time.time() - last_time)
-            seen, last_time = 0, time.time()
-            with log_path.open("a", newline="") as fh:
-                w = csv.writer(fh)
-                lr = opt.param_groups[0]["lr"]
-                w.writerow(
-                    [
-                        step + 1,
-                        "train",
-                        running["total"],
-                        running["sim"],
-                        running["reg"],
-                        running.get("sup", ""),
-                        "",
-                        "",
-                        "",
-                        lr,
-                        rate,
-                        time.time() - t0,
-                    ]
-                )
-                w.writerow(
-                    [
-                        step + 1,
-                        "val",
-                        scores["loss"],
-                        "",
-                        "",
-                        "",
-                        scores["epe"],
-                        scores["local_ncc"],
-                        scores["folding"],
-                        lr,
-                        "",
-                        time.time() - t0,
-                    ]
-                )
-            meta = {"step": step + 1, "best_epe": min(best, scores["epe"]), "args": {k: str(v) for k, v in vars(args).items()}}
-            save_state(state_dir / "last", net, opt, meta)
-            if scores["epe"] < best:
-                best = scores["epe"]
-                save_state(state_dir / "best", net, opt, meta)
-                save_model(net, args.out)
-            tqdm.write(
-                f"step {step + 1}: val EPE {scores['epe']:.3f} px, local NCC {scores['local_ncc']:.3f}, folding {scores['folding']:.3f}%"
-            )
+        if rank == 0 and completed % args.val_every == 0:
+            checkpoint(completed)
+            validated = completed
+    if rank == 0 and completed > validated:
+        checkpoint(completed)
     bar.close()
     if rank == 0:
         write_report(args, cfg, arch, device, time.time() - t0, completed)
@@ -237,6 +223,8 @@ def write_report(args: argparse.Namespace, cfg: LossConfig, arch: dict, device: 
         ),
         ("weights sha256", f"`{file_sha256(weights)}`"),
     ]
+    if getattr(args, "init_from", None):
+        rows_md.insert(4, ("initialised from", f"the saved state {args.init_from}; its training time is not included below"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows_md)
     card = f"""---
 library_name: regcore

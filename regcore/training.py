@@ -81,12 +81,12 @@ class DataStream(torch.utils.data.IterableDataset):
             yield b.source, b.target, b.flow
 
 
-def lr_factor(step: int, total: int, warmup: int = 200) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak learning rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(progress: float, warmup: float = 0.02) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1]: linear warm-up, then cosine decay to 5%."""
+    if progress < warmup:
+        return max(progress / warmup, 0.01)
+    p = min(1.0, (progress - warmup) / (1.0 - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p))
 
 
 @torch.no_grad()
