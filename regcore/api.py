@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -15,12 +17,13 @@ import torch.nn.functional as F
 
 from .checkpoints import default_model_name, load_model
 from .errors import RegcoreError
-from .io import ImageLike, load_image, save_image
+from .io import ImageLike, input_label, load_image, save_image
+from .losses import make_similarity
 from .metrics import folding_percent, image_scores, jacobian_determinant
 from .optimize import optimize_flow, pyramid_levels
 from .warp import resize_flow, warp
 
-__all__ = ["DEFAULT_REFINE_STEPS", "METHODS", "NET_MAX_SIDE", "RegistrationResult", "register"]
+__all__ = ["DEFAULT_REFINE_STEPS", "METHODS", "MIN_SIDE", "NET_MAX_SIDE", "RegistrationResult", "register"]
 
 METHODS = ("net", "net+refine", "optimize")
 #: Refinement steps of ``"net+refine"`` when ``refine_steps`` is not given.
@@ -31,6 +34,9 @@ DEFAULT_OPTIMIZE_STEPS = 100
 NET_MAX_SIDE = 512
 #: Default weight of the smoothness term in the per-pair optimisation.
 DEFAULT_REG_WEIGHT = 1.0
+#: Smallest accepted side, in pixels: below this there is too little image to align (the local
+#: NCC window alone is 9 px) and the result would mean nothing.
+MIN_SIDE = 8
 
 
 @dataclass
@@ -121,7 +127,54 @@ def _device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RegcoreError(f"device {device!r} asked for, but no CUDA GPU is available")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RegcoreError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'") from None
+
+
+def _check_arguments(
+    method: str | None, refine_steps: object, similarity: str, reg_weight: object, max_side: object, progress: object, timeout_s: object
+) -> None:
+    """Refuse invalid arguments with one-line messages, before any work is done."""
+    if method is not None and method not in METHODS:
+        raise RegcoreError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if refine_steps is not None and (not isinstance(refine_steps, numbers.Integral) or isinstance(refine_steps, bool) or refine_steps < 0):
+        raise RegcoreError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
+    try:
+        make_similarity(similarity)
+    except (ValueError, TypeError) as err:
+        raise RegcoreError(str(err)) from None
+    # A NaN or negative weight makes the optimisation diverge (and NaN fields crash grid_sample's backward).
+    if not isinstance(reg_weight, numbers.Real) or not math.isfinite(reg_weight) or reg_weight < 0:
+        raise RegcoreError(f"reg_weight must be a finite number >= 0, got {reg_weight!r}")
+    if not isinstance(max_side, numbers.Integral) or isinstance(max_side, bool) or max_side < 16:
+        raise RegcoreError(f"max_side must be a whole number of at least 16, got {max_side!r}")
+    if progress is not None and not callable(progress):
+        raise RegcoreError(f"progress must be a function progress(done, total, loss), got {type(progress).__name__}")
+    if timeout_s is not None and (not isinstance(timeout_s, numbers.Real) or not timeout_s > 0):
+        raise RegcoreError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+
+
+def _check_size(image: np.ndarray, label: str) -> None:
+    if min(image.shape) < MIN_SIDE:
+        raise RegcoreError(f"{label}: {image.shape[1]}x{image.shape[0]} is too small to register; each side needs at least {MIN_SIDE} px")
+
+
+def _with_deadline(
+    progress: Callable[[int, int, float], None] | None, timeout_s: float | None, start: float
+) -> Callable[[int, int, float], None] | None:
+    """Wrap ``progress`` so that the optimisation stops with a RegcoreError once ``timeout_s`` has passed."""
+    if timeout_s is None:
+        return progress
+
+    def check(done: int, total: int, loss: float) -> None:
+        if progress is not None:
+            progress(done, total, loss)
+        if time.perf_counter() - start > timeout_s:
+            raise RegcoreError(f"registration took longer than {timeout_s:g} s and was stopped after {done} of {total} steps")
+
+    return check
 
 
 def register(
@@ -136,6 +189,7 @@ def register(
     device: str | torch.device = "cpu",
     max_side: int = NET_MAX_SIDE,
     progress: Callable[[int, int, float], None] | None = None,
+    timeout_s: float | None = None,
 ) -> RegistrationResult:
     """Register ``source`` to ``target``: find ``flow`` with ``warp(source, flow) ≈ target``.
 
@@ -159,20 +213,22 @@ def register(
         max_side: images with a longer side are registered at this size and the field scaled
             back (a note says so).
         progress: called as ``progress(done, total, loss)`` during optimisation.
+        timeout_s: time budget in seconds for the registration (loading excluded); the
+            optimisation is stopped with a RegcoreError once it is exceeded (checked after each
+            step; the single network pass is not interrupted). None: no limit.
 
     Raises:
-        ImageError: an input is not a usable image. CheckpointError: the model cannot be loaded.
-        RegcoreError: another invalid argument.
+        ImageError: an input is not a usable image (unreadable, NaN, larger than
+            ``regcore.io.MAX_PIXELS``, ...). CheckpointError: the model cannot be loaded.
+        RegcoreError: another invalid argument, a side under ``MIN_SIDE`` px, the time budget
+            exceeded, or an optimisation that diverged.
     """
-    src = load_image(source, "source")
-    tgt = load_image(target, "target")
+    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s)
     notes: list[str] = []
-    if method is not None and method not in METHODS:
-        raise RegcoreError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if refine_steps is not None and refine_steps < 0:
-        raise RegcoreError(f"refine_steps must be >= 0, got {refine_steps}")
-    if max_side < 16:
-        raise RegcoreError(f"max_side must be at least 16, got {max_side}")
+    src = load_image(source, "source", notes=notes)
+    tgt = load_image(target, "target", notes=notes)
+    _check_size(src, input_label(source, "source"))
+    _check_size(tgt, input_label(target, "target"))
     dev = _device(device)
     model_name = str(model) if model is not None else default_model_name()
     if method is None:
@@ -188,7 +244,7 @@ def register(
         notes.append(f"target resized from {tgt.shape[1]}x{tgt.shape[0]} to the source's {size[1]}x{size[0]}")
     for label, image in (("source", src), ("target", tgt)):
         if float(image.max() - image.min()) < 1e-6:
-            notes.append(f"the {label} image is constant: there is nothing to align, so the field is meaningless")
+            notes.append(f"the {label} image is constant: NCC is undefined and there is nothing to align, so the field is meaningless")
 
     start = time.perf_counter()
     src_t = _tensor(src, dev)
@@ -207,7 +263,8 @@ def register(
         steps = refine_steps if refine_steps is not None else (DEFAULT_REFINE_STEPS if net is not None else DEFAULT_OPTIMIZE_STEPS)
         levels = 1 if net is not None else pyramid_levels(work)
         with torch.enable_grad():
-            flow = optimize_flow(src_w, tgt_w, flow, steps, levels, similarity, reg_weight, callback=progress)
+            callback = _with_deadline(progress, timeout_s, start)
+            flow = optimize_flow(src_w, tgt_w, flow, steps, levels, similarity, float(reg_weight), callback=callback)
     flow = resize_flow(flow, size)
     with torch.inference_mode():
         warped = warp(src_t, flow)

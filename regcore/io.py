@@ -1,11 +1,17 @@
 """Reading and writing images: anything a user has -> a ``float32`` ``(H, W)`` array in [0, 1].
 
 Accepted: numpy arrays (2-D gray, or 3-D with 1, 3 or 4 channels last; bool, integer or float),
-PIL images, and paths / ``bytes`` of any file Pillow reads (PNG, JPEG, TIFF, BMP, GIF, WebP ...).
-Colour becomes luminance (ITU-R 601, Pillow's ``L``); alpha is composited onto white (what an
-image viewer shows); 16-bit and 32-bit integers are scaled by their full range; float images are
-kept if already in [0, 1] and min-max scaled otherwise. EXIF orientation is applied. Multi-frame
-files (animated GIF, multi-page TIFF) give their first frame. Every failure is an
+PIL images, and paths / ``bytes`` of any file Pillow reads (PNG, JPEG, TIFF, BMP, GIF, WebP ...),
+whatever the file's extension says. Colour becomes luminance (ITU-R 601, Pillow's ``L``); alpha
+is composited onto white (what an image viewer shows). Values: ``uint8`` / 8-bit files are divided
+by 255, ``uint16`` / 16-bit files by 65535, other integers by 255 or 65535 when they fit that
+range and min-max scaled otherwise; floats are kept if already in [0, 1] and min-max scaled
+otherwise; NaN or infinite values are refused. EXIF orientation is applied. Multi-frame files
+(animated GIF, multi-page TIFF) give their first frame. Things done that the caller may not
+expect (first frame, EXIF rotation, transparency, rescaling) are reported through ``notes``.
+
+Limits: at most :data:`MAX_PIXELS` pixels, checked from the file header before anything is
+decoded (Pillow's own decompression-bomb guard stays on as a second line). Every failure is an
 :class:`~regcore.errors.ImageError` with a one-line message.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Union
@@ -22,35 +29,64 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-__all__ = ["MAX_PIXELS", "ImageLike", "load_image", "save_image", "to_uint8"]
+__all__ = ["MAX_PIXELS", "ImageLike", "input_label", "load_image", "save_image", "to_uint8"]
 
 ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike, bytes]
 
-#: Largest accepted image, in pixels (checked from the header, before decoding).
+#: Largest accepted image, in pixels (4096 × 4096), checked from the file header before decoding.
+#: Registration itself runs at most at ``register(max_side=512)``; the limit bounds the memory
+#: of loading, resampling and scoring at full size (``benchmarks/memory.py`` measures it).
 MAX_PIXELS = 4096 * 4096
 
 
-def load_image(image: ImageLike, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Load ``image`` as a ``float32`` ``(H, W)`` array in [0, 1]; ``name`` is used in error messages."""
+def load_image(image: ImageLike, name: str = "image", max_pixels: int = MAX_PIXELS, notes: list[str] | None = None) -> np.ndarray:
+    """Load ``image`` as a ``float32`` ``(H, W)`` array in [0, 1].
+
+    Args:
+        image: a numpy array, PIL image, file path, or the bytes of an image file.
+        name: what to call the image in messages (``"source"``, ``"target"``).
+        max_pixels: refuse images with more pixels than this (default :data:`MAX_PIXELS`).
+        notes: if given, one line per surprising conversion is appended (first frame of an
+            animation, EXIF rotation, transparency, rescaled values).
+
+    Raises:
+        ImageError: not a usable image; the one-line message names ``name`` (and the file).
+    """
+    notes = [] if notes is None else notes
+    if isinstance(image, bytearray):
+        image = bytes(image)
     if isinstance(image, (str, os.PathLike, bytes)):
-        return _from_array(_read_file(image, name, max_pixels), name, max_pixels)
+        label = input_label(image, name)
+        return _from_array(_read_file(image, label, max_pixels, notes), label, max_pixels, notes)
     if isinstance(image, Image.Image):
-        return _from_array(_pil_to_array(image, name), name, max_pixels)
+        _check_pixels(image.width, image.height, name, max_pixels)  # before a lazy PIL image decodes
+        return _from_array(_pil_to_array(image, name, notes), name, max_pixels, notes)
     if isinstance(image, np.ndarray):
-        return _from_array(image, name, max_pixels)
-    raise ImageError(f"{name}: expected a numpy array, a PIL image or a file path, got {type(image).__name__}")
+        return _from_array(image, name, max_pixels, notes)
+    raise ImageError(f"{name}: expected a numpy array, a PIL image, a file path or file bytes, got {type(image).__name__}")
 
 
-def _read_file(src: str | os.PathLike | bytes, name: str, max_pixels: int) -> np.ndarray:
-    label = f"{name} ({os.fspath(src)})" if not isinstance(src, bytes) else name
+def input_label(image: object, name: str) -> str:
+    """How messages name an input: ``"source (path/to/file.png)"`` for a path, else ``name``."""
+    return f"{name} ({os.fspath(image)})" if isinstance(image, (str, os.PathLike)) else name
+
+
+def _check_pixels(width: int, height: int, label: str, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"{label}: {width}x{height} is larger than the limit of {max_pixels:,} pixels")
+
+
+def _read_file(src: str | os.PathLike | bytes, label: str, max_pixels: int, notes: list[str]) -> np.ndarray:
     if isinstance(src, bytes):
         if not src:
             raise ImageError(f"{label}: the data is empty")
         fp = io.BytesIO(src)
     else:
         path = Path(src)
-        if not path.is_file():
+        if not path.exists():
             raise ImageError(f"{label}: no such file")
+        if not path.is_file():
+            raise ImageError(f"{label}: not a regular file")
         if path.stat().st_size == 0:
             raise ImageError(f"{label}: the file is empty (0 bytes)")
         fp = path
@@ -58,22 +94,47 @@ def _read_file(src: str | os.PathLike | bytes, name: str, max_pixels: int) -> np
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
-                # The header gives the size; refuse before decoding (decompression bombs).
-                if img.width * img.height > max_pixels:
-                    raise ImageError(f"{label}: {img.width}x{img.height} is larger than the limit of {max_pixels:,} pixels")
+                # Image.open reads only the header: refuse here, before decoding (decompression bombs).
+                _check_pixels(img.width, img.height, label, max_pixels)
+                # is_animated looks at most one frame ahead (n_frames would scan the whole file).
+                if getattr(img, "is_animated", False):
+                    notes.append(f"{label}: the file has several frames (animation or multi-page); the first frame was used")
                 img.seek(0)
-                return _pil_to_array(ImageOps.exif_transpose(img), label)
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+                upright = ImageOps.exif_transpose(img)
+                if orientation in _EXIF_TURNS:
+                    notes.append(f"{label}: {_EXIF_TURNS[orientation]} as its EXIF orientation says")
+                return _pil_to_array(upright, label, notes)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{label}: not a readable image ({err.__class__.__name__})") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise ImageError(
-            f"{label}: the file is corrupt or truncated ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's guard fires from the header too, for sizes far beyond max_pixels.
+        raise ImageError(f"{label}: the image is larger than the limit of {max_pixels:,} pixels (a possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image file Pillow can read (PNG, JPEG, TIFF, BMP, GIF, WebP ...)") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
+        raise ImageError(f"{label}: the file is corrupt or truncated ({_first_line(err)})") from None
 
 
-def _pil_to_array(img: Image.Image, name: str) -> np.ndarray:
+#: EXIF tag 0x0112 (Orientation) and what exif_transpose does for each non-trivial value.
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TURNS = {
+    2: "mirrored",
+    3: "rotated 180°",
+    4: "flipped",
+    5: "transposed",
+    6: "rotated 90° clockwise",
+    7: "transversed",
+    8: "rotated 90° counter-clockwise",
+}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _pil_to_array(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
     """PIL image in any mode -> numpy array whose dtype tells the value range."""
     try:
         if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -86,54 +147,63 @@ def _pil_to_array(img: Image.Image, name: str) -> np.ndarray:
             return np.asarray(img.convert("L"))
         if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
+            if rgba.getextrema()[3][0] < 255:
+                notes.append(f"{name}: transparent pixels were composited onto white")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return np.asarray(Image.alpha_composite(background, rgba).convert("L"))
         return np.asarray(img.convert("L"))
-    except (OSError, ValueError) as err:
-        raise ImageError(f"{name}: the image data could not be decoded ({err})") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
+        raise ImageError(f"{name}: the image data could not be decoded ({_first_line(err)})") from None
 
 
-def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> np.ndarray:
+def _from_array(arr: np.ndarray, name: str, max_pixels: int, notes: list[str]) -> np.ndarray:
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ImageError(f"{name}: unsupported array dtype {arr.dtype}")
     if np.iscomplexobj(arr):
         raise ImageError(f"{name}: complex arrays are not images")
-    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.size <= 4 * max_pixels:
-        rgba = _unit_range(arr, name)
-        if arr.shape[-1] == 1:
-            return _from_array(rgba[..., 0], name, max_pixels)
-        gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-        if arr.shape[-1] == 4:  # composite onto white, as a viewer shows it
-            gray = gray * rgba[..., 3] + (1.0 - rgba[..., 3])
-        return _from_array(np.clip(gray, 0.0, 1.0), name, max_pixels)
-    if arr.ndim != 2:
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
         raise ImageError(f"{name}: expected a 2-D image (H, W) or (H, W, 1|3|4), got shape {arr.shape}")
     if arr.size == 0:
         raise ImageError(f"{name}: the image is empty (shape {arr.shape})")
-    if arr.size > max_pixels:
-        raise ImageError(f"{name}: {arr.shape[1]}x{arr.shape[0]} is larger than the limit of {max_pixels:,} pixels")
-    return _unit_range(arr, name)
+    # Before any conversion, so that an oversized array costs no extra memory.
+    _check_pixels(arr.shape[1], arr.shape[0], name, max_pixels)
+    if arr.ndim == 2:
+        return _unit_range(arr, name, notes)
+    rgba = _unit_range(arr, name, notes)
+    if arr.shape[-1] == 1:
+        return rgba[..., 0]
+    gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    if arr.shape[-1] == 4:  # composite onto white, as a viewer shows it
+        if rgba[..., 3].min() < 1.0:
+            notes.append(f"{name}: transparent pixels were composited onto white")
+        gray = gray * rgba[..., 3] + (1.0 - rgba[..., 3])
+    return np.clip(gray, 0.0, 1.0).astype(np.float32)
 
 
-def _unit_range(arr: np.ndarray, name: str) -> np.ndarray:
-    """Any numeric array -> float32 in [0, 1], by its dtype's range (ints) or its values (floats)."""
+def _unit_range(arr: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
+    """Any numeric array -> float32 in [0, 1], by its dtype's range (8/16-bit) or its values."""
     if arr.dtype == bool:
         return arr.astype(np.float32)
+    if arr.dtype in (np.uint8, np.uint16):
+        return (arr / float(np.iinfo(arr.dtype).max)).astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(arr.dtype)
-        if info.min == 0 or arr.min() >= 0:
-            top = 255 if arr.dtype == np.uint8 else (65535 if arr.max() <= 65535 else info.max)
-            return (arr.astype(np.float64) / top).astype(np.float32)
-        arr = arr.astype(np.float64)
+        # Wider integers (numpy's default int64, 32-bit TIFFs) rarely use their full range: an
+        # int64 array of 0..255 is 8-bit data, not a nearly black image.
+        lo, hi = int(arr.min()), int(arr.max())
+        for top in (255, 65535):
+            if lo >= 0 and hi <= top:
+                return (arr / float(top)).astype(np.float32)
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ImageError(f"{name}: the image contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
     if lo >= 0.0 and hi <= 1.0:
         return arr.astype(np.float32)
+    notes.append(f"{name}: values from {lo:.4g} to {hi:.4g} were rescaled to [0, 1]")
     if hi == lo:
         return np.zeros(arr.shape, np.float32)
-    return ((arr - lo) / (hi - lo)).astype(np.float32)
+    # Halves first: hi - lo overflows float64 for values near ±1.8e308.
+    return ((arr * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)).astype(np.float32)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import RegcoreError
 from .losses import Grad, make_similarity
 from .warp import resize_flow, warp
 
@@ -66,6 +67,9 @@ def optimize_flow(
 
     Returns:
         ``(1, 2, H, W)`` field in pixels, detached.
+
+    Raises:
+        RegcoreError: the field became NaN or infinite (a non-finite start field or weight).
     """
     size = tuple(source.shape[-2:])
     sim, reg = make_similarity(similarity, win), Grad()
@@ -81,13 +85,17 @@ def optimize_flow(
         opt = torch.optim.Adam([delta], lr=lr)
         for _ in range(steps):
             current = base + _upsample(delta, level_size)
+            # A NaN in the sampling grid makes grid_sample's CPU backward crash the whole process
+            # (segfault, torch 2.13), so stop before warping with a field that is not finite.
+            if not bool(torch.isfinite(current).all()):
+                raise RegcoreError(f"the optimisation diverged: the field became NaN or infinite at step {done + 1} of {total}")
             loss = sim(warp(src, current), tgt) + reg_weight * reg(current)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             done += 1
             if callback is not None:
-                callback(done, total, float(loss))
+                callback(done, total, float(loss.detach()))
         with torch.no_grad():
             flow = resize_flow(base + _upsample(delta, level_size), size)
     return flow.detach()
