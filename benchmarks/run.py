@@ -1,0 +1,102 @@
+"""Benchmark regcore against classical registration: accuracy, speed and scaling.
+
+    python benchmarks/run.py                      # full accuracy benchmark, shipped checkpoints
+    python benchmarks/run.py --quick              # < 2 min on 2 cores: a few small pairs, small scaling
+    python benchmarks/run.py --model runs/x       # a checkpoint folder instead (repeatable)
+    python benchmarks/run.py --scaling            # also time vs size (64² .. 1024²) and batch throughput
+    python benchmarks/run.py --only-scaling       # only that
+    python benchmarks/run.py --sets photo256 --methods tvl1 ncc:net --pairs 4
+
+Writes to --out (default benchmarks/results/): results.md (one table per set), results.csv,
+pairs.csv (every pair), accuracy_vs_time.png, and with scaling scaling.md/.csv/.png and
+throughput.csv. Classical methods whose package is missing are skipped with a message
+(pip install -r requirements-bench.txt). The library side is regcore/bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from regcore import available_models, bench  # noqa: E402
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few small pairs, no slow methods, small scaling (CI)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder (default benchmarks/results/)")
+    p.add_argument(
+        "--model", action="append", default=None, help="checkpoint folder or shipped name (repeatable); default: every shipped one"
+    )
+    p.add_argument("--sets", nargs="+", default=None, help=f"evaluation sets (default all: {' '.join(bench.EVAL_SETS)})")
+    p.add_argument("--pairs", type=int, default=None, help="at most this many pairs per set")
+    p.add_argument("--methods", nargs="+", default=None, help="method names or glob patterns to keep (e.g. tvl1 '*:net' demons)")
+    p.add_argument("--refine-steps", type=int, nargs="+", default=[10, 30, 100], help="net+refine step counts (default 10 30 100)")
+    p.add_argument("--threads", type=int, default=1, help="threads for every method (torch, SimpleITK); 0 = library defaults")
+    p.add_argument("--scaling", action="store_true", help="also run the scaling benchmark")
+    p.add_argument("--only-scaling", action="store_true", help="run only the scaling benchmark")
+    p.add_argument("--scaling-sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024], help="sides for the scaling benchmark")
+    return p
+
+
+def _models(args: argparse.Namespace) -> dict[str, str]:
+    if args.model:
+        return {Path(m).name if Path(m).is_dir() else m: m for m in args.model}
+    return {name: str(path) for name, path in available_models().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    bench.set_threads(args.threads or None)
+    models = _models(args)
+    out: Path = args.out
+    if not models:
+        print("no checkpoint shipped or given (--model): the network methods are skipped", flush=True)
+    header = f"Machine: {bench.machine_description(args.threads or None)}. Models: " + (
+        ", ".join(f"`{n}` ({p})" for n, p in models.items()) or "none"
+    )
+    started = time.perf_counter()
+    if not args.only_scaling:
+        sets = bench.QUICK_SETS if args.quick else bench.EVAL_SETS
+        if args.sets:
+            unknown = [s for s in args.sets if s not in bench.EVAL_SETS and s not in bench.QUICK_SETS]
+            if unknown:
+                print(
+                    f"unknown set(s) {', '.join(unknown)}; choose from {', '.join([*bench.EVAL_SETS, *bench.QUICK_SETS])}", file=sys.stderr
+                )
+                return 2
+            sets = {s: {**bench.EVAL_SETS, **bench.QUICK_SETS}[s] for s in args.sets}
+        steps = [s for s in args.refine_steps if s <= 30] if args.quick else args.refine_steps
+        methods = [
+            bench.identity_method(),
+            *bench.classical_methods(),
+            *bench.regcore_methods(models, steps, optimize_steps=30 if args.quick else None),
+        ]
+        if args.quick:
+            methods = [m for m in methods if not m.slow]
+        if args.methods:
+            methods = [m for m in methods if m.name == "identity" or any(fnmatch(m.name, pat) for pat in args.methods)]
+        rows = bench.run_accuracy(sets, methods, args.pairs)
+        summary = bench.summarise(rows)
+        paths = bench.write_outputs(out, rows, summary, sets, methods, header)
+        print(paths.files["markdown"].read_text())
+    if args.scaling or args.only_scaling:
+        sizes = [s for s in args.scaling_sizes if s <= 128] if args.quick else args.scaling_sizes
+        model = next(iter(models.values()), None)
+        batch = {"batch_sizes": (1, 4), "batch_sides": (64,)} if args.quick else {}
+        rows, throughput = bench.scaling(sizes, model, **batch)
+        paths = bench.write_scaling(out, rows, throughput, header + (f"; scaling uses `{next(iter(models))}`" if models else ""))
+        print(paths.files["markdown"].read_text())
+    print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
