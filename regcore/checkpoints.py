@@ -1,8 +1,10 @@
 """Model checkpoints: a folder holding ``model.safetensors`` + ``config.json`` (+ ``README.md`` card).
 
 Only safetensors weights are read (no pickle). The config must name only :class:`RegNet`
-arguments and the weights must match the network it builds, or a :class:`CheckpointError`
-naming the file is raised. Shipped checkpoints live in ``checkpoints/`` at the repository top;
+arguments, with values of the right types and within bounds (a config cannot make the network
+allocate or pad without limit), and the weights must be finite floating-point tensors matching
+the network it builds (checked from the safetensors header before any weight is read), or a
+:class:`CheckpointError` naming the file is raised. Shipped checkpoints live in ``checkpoints/`` at the repository top;
 ``REGCORE_CHECKPOINTS`` points elsewhere. A Hugging Face Hub repo id (``user/repo``) is fetched
 with ``huggingface_hub`` when it is not a local folder; offline, that fails with a clear error
 and never hangs when ``HF_HUB_OFFLINE=1``.
@@ -18,8 +20,8 @@ import threading
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors
 
 from .errors import CheckpointError
 from .nets import RegNet
@@ -39,6 +41,13 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: The shipped model ``register()`` uses unless told otherwise (the local-NCC one).
 DEFAULT_MODEL = "ncc"
+#: Bounds on a config's values: RegNet pads inputs to a multiple of ``2 ** len(enc_features)``,
+#: and its weights grow with the square of the feature counts.
+MAX_LEVELS = 8
+MAX_FEATURES = 1024
+MAX_INT_STEPS = 32
+#: safetensors dtypes accepted for weights (they are cast to the network's float32).
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 _cache: dict[tuple[str, float], RegNet] = {}
 _lock = threading.Lock()
@@ -103,7 +112,53 @@ def _read_config(path: Path) -> dict:
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise CheckpointError(f"{file}: unknown RegNet arguments {unknown}")
+    for key, value in config.items():
+        problem = _config_problem(key, value)
+        if problem:
+            raise CheckpointError(f"{file}: {key} {problem}, got {value!r}")
     return config
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _config_problem(key: str, value: object) -> str | None:
+    """What is wrong with one config value, or None (JSON types: lists of ints, ints)."""
+    if key.endswith("_features"):
+        longest = MAX_LEVELS + 1 if key == "dec_features" else MAX_LEVELS
+        if not isinstance(value, list) or len(value) > longest or not all(_is_int(v) and 1 <= v <= MAX_FEATURES for v in value):
+            return f"must be a list of at most {longest} whole numbers from 1 to {MAX_FEATURES}"
+    elif key == "int_steps" and not (_is_int(value) and 0 <= value <= MAX_INT_STEPS):
+        return f"must be a whole number from 0 to {MAX_INT_STEPS}"
+    elif key == "int_downsize" and not (_is_int(value) and value in (1, 2, 4)):
+        return "must be 1, 2 or 4"
+    return None
+
+
+def _check_header(weights: Path, config: dict) -> None:
+    """Compare the safetensors header (names, shapes, dtypes) with the network the config builds.
+
+    Nothing is allocated: the network is built on the meta device and the file's tensors are
+    not read, so a mismatched or hostile checkpoint costs no memory.
+    """
+    try:
+        with safe_open(weights, framework="pt") as fh:
+            header = {key: (tuple(fh.get_slice(key).get_shape()), fh.get_slice(key).get_dtype()) for key in fh.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
+    with torch.device("meta"):
+        expected = {key: tuple(t.shape) for key, t in RegNet(**config).state_dict().items()}
+    missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+    if missing or extra:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise CheckpointError(f"{weights}: weights do not match the config's network ({detail})")
+    for key, shape in expected.items():
+        if header[key][0] != shape:
+            found = header[key][0]
+            raise CheckpointError(f"{weights}: weights do not match the config's network ({key} has shape {found}, expected {shape})")
+        if header[key][1] not in FLOAT_DTYPES:
+            raise CheckpointError(f"{weights}: {key} has dtype {header[key][1]}; weights must be floating point")
 
 
 def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> RegNet:
@@ -122,17 +177,22 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
             return _cache[key]
         config = _read_config(path)
         try:
-            net = RegNet(**config)
+            with torch.device("meta"):  # validates the arguments without allocating anything
+                RegNet(**config)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path / CONFIG_NAME}: invalid RegNet arguments ({err})") from None
+        _check_header(weights, config)
         try:
-            state = load_file(weights)
+            # Read into memory rather than memory-map: a file replaced while mapped (a training run
+            # writing a new checkpoint) would kill the process with SIGBUS. Its size is bounded by
+            # the header just checked, and the header by the config's bounds.
+            state = load_safetensors(weights.read_bytes())
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from None
-        expected = net.state_dict()
-        mismatch = sorted(set(expected) ^ set(state)) + sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-        if mismatch:
-            raise CheckpointError(f"{weights}: weights do not match the config's network (e.g. {mismatch[0]})")
+        bad = next((k for k, t in state.items() if not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            raise CheckpointError(f"{weights}: {bad} contains NaN or infinite values")
+        net = RegNet(**config)
         net.load_state_dict(state, strict=True)
         net = net.to(device).eval()
         _cache[key] = net
