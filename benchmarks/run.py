@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="threads for every method (torch, SimpleITK); 0 = library defaults")
     p.add_argument("--scaling", action="store_true", help="also run the scaling benchmark")
     p.add_argument("--only-scaling", action="store_true", help="run only the scaling benchmark")
+    p.add_argument("--speedups", action="store_true", help="profile the network path and time inference variants (speedups.md)")
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024], help="sides for the scaling benchmark")
     return p
 
@@ -50,6 +51,33 @@ def _models(args: argparse.Namespace) -> dict[str, str]:
     if args.model:
         return {Path(m).name if Path(m).is_dir() else m: m for m in args.model}
     return {name: str(path) for name, path in available_models().items()}
+
+
+def _speedups(out: Path, model: str, header: str, threads: int) -> None:
+    """Profile register(method="net"), split its time, and time inference variants; write speedups.md."""
+    from regcore import bench_speed
+
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"# speed-ups of the network path\n\n{header}\n", f"## torch profiler: register(method='net') at 256², {threads} thread(s)\n"]
+    parts.append("```\n" + bench_speed.profile_register(model) + "\n```\n")
+    parts += ["## where register(method='net') spends its time (median ms)\n", "| size | part | ms |", "|---|---|---|"]
+    parts += [f"| {r['size']}² | {r['part']} | {r['ms']:.1f} |" for r in bench_speed.register_breakdown(model)]
+    parts += [
+        "",
+        "## kept in regcore: before / after, same process, alternating (median ms)\n",
+        "| size | register(method=...) | ms |",
+        "|---|---|---|",
+    ]
+    parts += [f"| {r['size']}² | {r['what']} | {r['ms']:.1f} |" for r in bench_speed.register_before_after(model)]
+    rows = bench_speed.forward_variants(model)
+    bench.set_threads(threads)  # forward_variants changes torch's thread count
+    parts += ["", "## network forward pass variants (median ms; max |difference| to eager in px; one-off setup s)\n"]
+    parts += ["| threads | size | variant | ms | max diff (px) | setup (s) |", "|---|---|---|---|---|---|"]
+    parts += [
+        f"| {r['threads']} | {r['size']}² | {r['variant']} | {r['ms']:.1f} | {r['max_abs_diff']:.1e} | {r['setup_s']:.1f} |" for r in rows
+    ]
+    (out / "speedups.md").write_text("\n".join(parts) + "\n")
+    print((out / "speedups.md").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         rows, throughput = bench.scaling(sizes, model, **batch)
         paths = bench.write_scaling(out, rows, throughput, header + (f"; scaling uses `{next(iter(models))}`" if models else ""))
         print(paths.files["markdown"].read_text())
+    if args.speedups:
+        if not models:
+            print("--speedups needs a model (--model or a shipped checkpoint)", file=sys.stderr)
+            return 2
+        _speedups(out, next(iter(models.values())), header, args.threads or 1)
     print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -25,7 +25,7 @@ from .bench import EvalSet, build_pairs
 from .checkpoints import load_model
 from .metrics import folding_percent, image_scores, jacobian_determinant
 
-__all__ = ["forward_variants", "profile_register", "register_breakdown", "round_robin"]
+__all__ = ["forward_variants", "profile_register", "register_before_after", "register_breakdown", "round_robin"]
 
 
 def round_robin(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, float]:
@@ -90,6 +90,56 @@ def register_breakdown(model: str, sides: Sequence[int] = (128, 256), rounds: in
             rounds,
         )
         out += [{"size": side, "part": k, "ms": 1000 * v} for k, v in t.items()]
+    return out
+
+
+def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds: int = 10) -> list[dict]:
+    """Median ms of ``register(method="net")`` and ``register()`` (net+refine, 30 steps) with and without the speed-ups kept in regcore.
+
+    "before" restores, in this process, what the code did before: a contiguous-format model and
+    a 2-D ``avg_pool2d`` box mean in local NCC; "after" is the code as it is (channels-last
+    weights on CPU, :func:`regcore.losses.box_mean` in two 1-D passes). The two run alternately.
+    """
+    import torch.nn.functional as F
+
+    from . import losses
+    from .api import register
+
+    net = load_model(model)
+    separable = losses.box_mean
+
+    def box_2d(x: torch.Tensor, win: int) -> torch.Tensor:
+        return F.avg_pool2d(x, win, stride=1, padding=win // 2, count_include_pad=False)
+
+    def configured(before: bool, method: str, source: np.ndarray, target: np.ndarray) -> Callable[[], object]:
+        def fn():
+            losses.box_mean = box_2d if before else separable
+            original_to = net.to
+            if before:
+                net.to(memory_format=torch.contiguous_format)
+                net.to = lambda *a, **k: net  # keep register() from converting it
+            try:
+                return register(source, target, method=method, model=model)
+            finally:
+                losses.box_mean = separable
+                net.to = original_to
+
+        return fn
+
+    out = []
+    try:
+        for side in sides:
+            source, target = _pair(side)
+            fns = {
+                f"{method} {label}": configured(label == "before", method, source, target)
+                for method in ("net", "net+refine")
+                for label in ("before", "after")
+            }
+            for name, t in round_robin(fns, rounds).items():
+                out.append({"size": side, "what": name, "ms": 1000 * t})
+    finally:
+        losses.box_mean = separable
+        net.__dict__.pop("to", None)  # drop the instance attribute left behind; the class method is back
     return out
 
 
