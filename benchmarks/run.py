@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             methods = [m for m in methods if m.name == "identity" or any(fnmatch(m.name, pat) for pat in args.methods)]
         rows = bench.run_accuracy(sets, methods, args.pairs)
         summary = bench.summarise(rows)
-        paths = bench.write_outputs(out, rows, summary, sets, methods, header)
+        paths = bench.write_outputs(out, rows, summary, sets, methods, header, next(iter(models), None))
         print(paths.files["markdown"].read_text())
     if args.scaling or args.only_scaling:
         sizes = [s for s in args.scaling_sizes if s <= 128] if args.quick else args.scaling_sizes

@@ -46,6 +46,7 @@ __all__ = [
     "Method",
     "Pair",
     "available",
+    "bar_report",
     "build_pairs",
     "classical_methods",
     "identity_method",
@@ -516,6 +517,49 @@ def markdown_table(summary: Sequence[dict], set_name: str) -> str:
     return "\n".join(lines)
 
 
+def bar_report(summary: Sequence[dict], model: str, default_steps: int = 30) -> str:
+    """Markdown bullets comparing the figures with the project's bar (issues 4 and 6), from ``summary``.
+
+    ``model`` is the default checkpoint's name; ``register()``'s default is ``model:net+refine{default_steps}``.
+    Only what the summary holds is reported; nothing is asserted here.
+    """
+    by = {(s["set"], s["method"]): s for s in summary}
+    net, default = f"{model}:net", f"{model}:net+refine{default_steps}"
+    refines = sorted({s["method"] for s in summary if s["method"].startswith(f"{model}:net+refine")})
+    lines = []
+    for set_name in ("photo128", "photo256"):
+        tv, d, n, syn = (by.get((set_name, m)) for m in ("tvl1", default, net, "syn"))
+        if tv and d:
+            verdict = "below" if d["epe_mean"] < tv["epe_mean"] else "NOT below"
+            lines.append(
+                f"- {set_name}: default register() ({default}) mean EPE {d['epe_mean']:.2f} px, {verdict} TV-L1's "
+                f"{tv['epe_mean']:.2f}; folding {d['folding_percent']:.3f}% (bar < 0.1%)"
+            )
+        if tv and n:
+            verdict = "no worse than" if n["epe_mean"] <= tv["epe_mean"] else "WORSE than"
+            lines.append(
+                f"- {set_name}: {net} is {n['speedup_vs_tvl1']:.1f}× TV-L1's speed (bar ≥ 20× at 256²), "
+                f"EPE {n['epe_mean']:.2f} px, {verdict} TV-L1"
+            )
+        if syn and n:
+            lines.append(
+                f"- {set_name}: {net} is {syn['time_s'] / n['time_s']:.1f}× SyN's speed (bar ≥ 50×); SyN EPE {syn['epe_mean']:.2f} px"
+            )
+        if syn and refines:
+            best = min((by[(set_name, m)] for m in refines if (set_name, m) in by), key=lambda r: r["epe_mean"], default=None)
+            if best:
+                verdict = "at or below" if best["epe_mean"] <= syn["epe_mean"] else "ABOVE"
+                lines.append(
+                    f"- {set_name}: best net+refine ({best['method']}) EPE {best['epe_mean']:.2f} px, {verdict} SyN's {syn['epe_mean']:.2f}"
+                )
+    for set_name in sorted({s["set"] for s in summary if "gamma" in s["set"] or "invert" in s["set"]}):
+        ident, n, d = (by.get((set_name, m)) for m in ("identity", net, default))
+        if ident and (n or d):
+            got = ", ".join(f"{r['method']} {r['epe_mean']:.2f}" for r in (n, d) if r)
+            lines.append(f"- {set_name}: mean EPE {got} px (identity {ident['epe_mean']:.2f})")
+    return "\n".join(lines)
+
+
 def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
@@ -537,9 +581,11 @@ def write_outputs(
     sets: dict[str, EvalSet],
     methods: Sequence[Method],
     header: str,
+    default_model: str | None = None,
 ) -> Outputs:
-    """Write ``results.md`` (one table per set), ``results.csv`` (summary), ``pairs.csv`` (every
-    pair) and ``accuracy_vs_time.png`` (mean EPE against median time per pair, log time axis)."""
+    """Write ``results.md`` (the :func:`bar_report` for ``default_model``, then one table per set),
+    ``results.csv`` (summary), ``pairs.csv`` (every pair) and ``accuracy_vs_time.png`` (mean EPE
+    against median time per pair, log time axis)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = Outputs()
@@ -560,6 +606,9 @@ def write_outputs(
             + markdown_table(summary, set_name)
             + "\n"
         )
+    bar = bar_report(summary, default_model) if default_model else ""
+    if bar:
+        parts.insert(1, f"## Against the bar (default model `{default_model}`)\n\n{bar}\n")
     used = {s["method"] for s in summary}
     parts.append("## Methods\n\n" + "\n".join(f"- `{m.name}`: {m.description}" for m in methods if m.name in used) + "\n")
     paths.files["markdown"] = out / "results.md"

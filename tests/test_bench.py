@@ -155,3 +155,15 @@ def test_quick_benchmark_produces_sane_tables(tmp_path):
         assert len(rows) >= 3  # at least TV-L1, ILK and optimize run everywhere
         for method, row in rows.items():
             assert float(row["epe_mean"]) < identity, f"{set_name}: {method} EPE {row['epe_mean']} not below identity's {identity:.3f}"
+
+
+def test_bar_report_states_each_comparison():
+    def row(method, epe, t, fold=0.0, speed=1.0):
+        return {"set": "photo256", "method": method, "epe_mean": epe, "time_s": t, "folding_percent": fold, "speedup_vs_tvl1": speed}
+
+    summary = [row("tvl1", 1.0, 1.0), row("syn", 0.5, 5.0), row("m:net", 0.9, 0.05, speed=20.0), row("m:net+refine30", 0.6, 0.5, 0.2)]
+    text = bench.bar_report(summary, "m")
+    assert "mean EPE 0.60 px, below TV-L1's 1.00; folding 0.200%" in text
+    assert "m:net is 20.0× TV-L1's speed" in text and "no worse than TV-L1" in text
+    assert "m:net is 100.0× SyN's speed" in text
+    assert "best net+refine (m:net+refine30) EPE 0.60 px, ABOVE SyN's 0.50" in text
