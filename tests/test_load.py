@@ -1,0 +1,54 @@
+"""A short version of benchmarks/load.py: the real app under 2 concurrent API users for a few seconds.
+
+Also sends the bad uploads of ``--probe`` first: each must get an error (never a hang or a
+crash), and the server must keep serving afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio_client")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("load_benchmark", ROOT / "benchmarks" / "load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_app_under_concurrent_users_and_bad_uploads(photo, tmp_path):
+    load = _load_module()
+    # 64² keeps each request cheap: the test checks the machinery (queue, concurrency, outputs),
+    # not the speed.
+    small = np.round(photo[:64, :64] * 255).astype(np.uint8)
+    Image.fromarray(small).save(tmp_path / "source.png")
+    Image.fromarray(np.roll(small, (2, -1), axis=(0, 1))).save(tmp_path / "target.png")
+    report = load.run_load(
+        users=2,
+        duration=4.0,
+        pair=(tmp_path / "source.png", tmp_path / "target.png"),
+        max_requests=3,
+        request_timeout=120.0,
+        warmup=1.0,
+        sample_every=0.25,
+        probe_bad=True,
+    )
+    assert report["errors"] == 0, report["error_messages"]
+    assert report["requests"] >= 2 and report["bad_outputs"] == 0  # every request returned a warped image
+    assert report["server_alive_at_end"] and report["rss_peak_mb"] > 50
+    assert len(report["probe"]) == 6
+    for name, outcome in report["probe"]:
+        assert outcome.startswith("AppError: "), (name, outcome)  # an error message, not a hang or acceptance
+    assert report["still_serving_after_probe"]
+    too_small = dict(report["probe"])["4x4 image"]
+    assert "too small to register" in too_small
