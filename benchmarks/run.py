@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", action="store_true", help="also run the scaling benchmark")
     p.add_argument("--only-scaling", action="store_true", help="run only the scaling benchmark")
     p.add_argument("--speedups", action="store_true", help="profile the network path and time inference variants (speedups.md)")
+    p.add_argument("--scaling-max-optimize", type=int, default=1024, help="largest side timed for 'optimize' in scaling (it is slow)")
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024], help="sides for the scaling benchmark")
     return p
 
@@ -64,11 +65,13 @@ def _speedups(out: Path, model: str, header: str, threads: int) -> None:
     parts += [f"| {r['size']}² | {r['part']} | {r['ms']:.1f} |" for r in bench_speed.register_breakdown(model)]
     parts += [
         "",
-        "## kept in regcore: before / after, same process, alternating (median ms)\n",
-        "| size | register(method=...) | ms |",
-        "|---|---|---|",
+        "## kept in regcore: register() before / after, same process, alternating (median ms)\n",
+        "before: PyTorch, default memory format, 2-D box filter in local NCC; torch: channels-last weights, separable box filter;",
+        "onnx: the same with the network's UNet run by ONNX Runtime (the default when onnxruntime and onnx are installed).\n",
+        "| size | method | state | ms |",
+        "|---|---|---|---|",
     ]
-    parts += [f"| {r['size']}² | {r['what']} | {r['ms']:.1f} |" for r in bench_speed.register_before_after(model)]
+    parts += [f"| {r['size']}² | {r['method']} | {r['state']} | {r['ms']:.1f} |" for r in bench_speed.register_before_after(model)]
     rows = bench_speed.forward_variants(model)
     bench.set_threads(threads)  # forward_variants changes torch's thread count
     parts += ["", "## network forward pass variants (median ms; max |difference| to eager in px; one-off setup s)\n"]
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [s for s in args.scaling_sizes if s <= 128] if args.quick else args.scaling_sizes
         model = next(iter(models.values()), None)
         batch = {"batch_sizes": (1, 4), "batch_sides": (64,)} if args.quick else {}
-        rows, throughput = bench.scaling(sizes, model, **batch)
+        rows, throughput = bench.scaling(sizes, model, max_optimize=args.scaling_max_optimize, **batch)
         paths = bench.write_scaling(out, rows, throughput, header + (f"; scaling uses `{next(iter(models))}`" if models else ""))
         print(paths.files["markdown"].read_text())
     if args.speedups:

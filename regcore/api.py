@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .checkpoints import default_model_name, load_model
 from .errors import RegcoreError
+from .inference import network_flow
 from .io import ImageLike, input_label, load_image, save_image
 from .losses import make_similarity
 from .metrics import folding_percent, image_scores, jacobian_determinant
@@ -257,12 +258,7 @@ def register(
 
     flow = None
     if net is not None:
-        if dev.type == "cpu":
-            # Channels-last weights: the CPU convolutions run 1.3-1.9x faster (benchmarks/results/speedups.md).
-            # Converted in place, outside inference mode, once per cached model.
-            net.to(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            flow = net(src_w, tgt_w).clone(memory_format=torch.contiguous_format)
+        flow = network_flow(net, src_w, tgt_w)  # ONNX Runtime or channels-last on CPU (regcore/inference.py)
     if method != "net":
         steps = refine_steps if refine_steps is not None else (DEFAULT_REFINE_STEPS if net is not None else DEFAULT_OPTIMIZE_STEPS)
         levels = 1 if net is not None else pyramid_levels(work)

@@ -323,15 +323,26 @@ def regcore_methods(
     """
     from .api import DEFAULT_REFINE_STEPS, register
 
-    def call(method: str, model: str | os.PathLike | None, steps: int | None) -> FlowFn:
+    def call(method: str, model: str | os.PathLike | None, steps: int | None, half: bool = False) -> FlowFn:
         def fn(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-            return register(source, target, method=method, model=model, refine_steps=steps, max_side=max(source.shape)).flow
+            side = max(source.shape) // 2 if half else max(source.shape)
+            return register(source, target, method=method, model=model, refine_steps=steps, max_side=side).flow
 
         return fn
 
     methods = []
     for name, path in models.items():
         methods.append(Method(f"{name}:net", call("net", path, None), "regcore", description=f"register(method='net', model={name})"))
+        methods.append(
+            Method(
+                f"{name}:net@half",
+                call("net", path, None, half=True),
+                "regcore",
+                slow=True,
+                description=f"register(method='net', model={name}, max_side=side // 2): the network on the pair at half "
+                "resolution, field upsampled (speed vs accuracy)",
+            )
+        )
         for steps in refine_steps:
             default = " (the default method)" if steps == DEFAULT_REFINE_STEPS else ""
             methods.append(

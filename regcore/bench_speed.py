@@ -12,9 +12,9 @@ output is checked against the eager one.
 from __future__ import annotations
 
 import copy
-import importlib.util
-import io
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -23,6 +23,7 @@ import torch
 
 from .bench import EvalSet, build_pairs
 from .checkpoints import load_model
+from .inference import onnx_enabled, onnx_session
 from .metrics import folding_percent, image_scores, jacobian_determinant
 
 __all__ = ["forward_variants", "profile_register", "register_before_after", "register_breakdown", "round_robin"]
@@ -46,16 +47,21 @@ def _pair(side: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def profile_register(model: str, side: int = 256, calls: int = 5, rows: int = 12) -> str:
-    """torch-profiler table (self CPU time) of ``register(method="net")`` at ``side``², after a warm-up."""
+    """torch-profiler table (self CPU time) of ``register(method="net")`` on the PyTorch path at ``side``², after a warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
     from .api import register
 
     source, target = _pair(side)
-    register(source, target, method="net", model=model)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(calls):
-            register(source, target, method="net", model=model)
+    saved = os.environ.get("REGCORE_ONNX")
+    os.environ["REGCORE_ONNX"] = "0"  # the PyTorch path: ONNX Runtime's work is invisible to the profiler
+    try:
+        register(source, target, method="net", model=model)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                register(source, target, method="net", model=model)
+    finally:
+        os.environ.pop("REGCORE_ONNX") if saved is None else os.environ.__setitem__("REGCORE_ONNX", saved)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -94,76 +100,58 @@ def register_breakdown(model: str, sides: Sequence[int] = (128, 256), rounds: in
 
 
 def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds: int = 10) -> list[dict]:
-    """Median ms of ``register(method="net")`` and ``register()`` (net+refine, 30 steps) with and without the speed-ups kept in regcore.
+    """Median ms of ``register()`` with ``method="net"`` and ``"net+refine"`` (30 steps), before and after the speed-ups.
 
-    "before" restores, in this process, what the code did before: a contiguous-format model and
-    a 2-D ``avg_pool2d`` box mean in local NCC; "after" is the code as it is (channels-last
-    weights on CPU, :func:`regcore.losses.box_mean` in two 1-D passes). The two run alternately.
+    Three states, alternating in this process: "before" (contiguous-format weights, PyTorch,
+    2-D ``avg_pool2d`` box mean in local NCC: the code before the speed-ups), "torch" (channels-
+    last weights, :func:`regcore.losses.box_mean` in two 1-D passes, ``REGCORE_ONNX=0``) and
+    "onnx" (the same with ONNX Runtime for the network, when installed: the default).
     """
+
     import torch.nn.functional as F
 
     from . import losses
     from .api import register
+    from .inference import onnx_enabled
 
     net = load_model(model)
     separable = losses.box_mean
+    onnx_env = os.environ.get("REGCORE_ONNX")
 
     def box_2d(x: torch.Tensor, win: int) -> torch.Tensor:
         return F.avg_pool2d(x, win, stride=1, padding=win // 2, count_include_pad=False)
 
-    def configured(before: bool, method: str, source: np.ndarray, target: np.ndarray) -> Callable[[], object]:
+    def configured(state: str, method: str, source: np.ndarray, target: np.ndarray) -> Callable[[], object]:
         def fn():
-            losses.box_mean = box_2d if before else separable
-            original_to = net.to
-            if before:
+            losses.box_mean = box_2d if state == "before" else separable
+            os.environ["REGCORE_ONNX"] = "1" if state == "onnx" else "0"
+            if state == "before":
                 net.to(memory_format=torch.contiguous_format)
                 net.to = lambda *a, **k: net  # keep register() from converting it
             try:
                 return register(source, target, method=method, model=model)
             finally:
                 losses.box_mean = separable
-                net.to = original_to
+                net.__dict__.pop("to", None)
 
         return fn
 
+    states = ["before", "torch"] + (["onnx"] if onnx_enabled() else [])
     out = []
     try:
         for side in sides:
             source, target = _pair(side)
-            fns = {
-                f"{method} {label}": configured(label == "before", method, source, target)
-                for method in ("net", "net+refine")
-                for label in ("before", "after")
-            }
-            for name, t in round_robin(fns, rounds).items():
-                out.append({"size": side, "what": name, "ms": 1000 * t})
+            fns = {(method, state): configured(state, method, source, target) for method in ("net", "net+refine") for state in states}
+            for (method, state), t in round_robin(fns, rounds).items():
+                out.append({"size": side, "method": method, "state": state, "ms": 1000 * t})
     finally:
         losses.box_mean = separable
-        net.__dict__.pop("to", None)  # drop the instance attribute left behind; the class method is back
+        net.__dict__.pop("to", None)
+        if onnx_env is None:
+            os.environ.pop("REGCORE_ONNX", None)
+        else:
+            os.environ["REGCORE_ONNX"] = onnx_env
     return out
-
-
-def _onnx_session(net: torch.nn.Module, side: int, threads: int):
-    """An ONNX Runtime session of ``net`` (dynamic batch and size), or None when onnxruntime is missing."""
-    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
-        return None
-    import onnxruntime as ort
-
-    buf = io.BytesIO()
-    x = torch.rand(1, 1, side, side)
-    torch.onnx.export(
-        net,
-        (x, x),
-        buf,
-        input_names=["source", "target"],
-        output_names=["flow"],
-        dynamic_axes={"source": {0: "n", 2: "h", 3: "w"}, "target": {0: "n", 2: "h", 3: "w"}, "flow": {0: "n", 2: "h", 3: "w"}},
-        dynamo=False,
-    )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
 def forward_variants(
@@ -238,21 +226,28 @@ def forward_variants(
                 except Exception as err:  # inductor needs a working C++ toolchain; report, don't stop
                     log(f"torch.compile unavailable: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
 
-            try:
-                start = time.perf_counter()
-                session = _onnx_session(net, side, n_threads)
+            if onnx_enabled():
+                with tempfile.TemporaryDirectory() as tmp:  # an empty cache: measure the export itself
+                    saved = os.environ.get("REGCORE_CACHE")
+                    os.environ["REGCORE_CACHE"] = tmp
+                    try:
+                        start = time.perf_counter()
+                        session = onnx_session(copy.deepcopy(net), n_threads)
+                        setup["onnxruntime"] = time.perf_counter() - start
+                    finally:
+                        os.environ.pop("REGCORE_CACHE") if saved is None else os.environ.__setitem__("REGCORE_CACHE", saved)
                 if session is not None:
-                    setup["onnxruntime"] = time.perf_counter() - start
-                    feeds = {"source": source[None, None], "target": target[None, None]}
 
-                    def onnx_fn(session=session, feeds=feeds):
-                        return torch.from_numpy(session.run(None, feeds)[0])
+                    def onnx_fn(x=x, y=y, session=session):
+                        def trunk(z: torch.Tensor) -> torch.Tensor:
+                            return torch.from_numpy(session.run(None, {"pair": z.contiguous().numpy()})[0])
+
+                        with torch.inference_mode():
+                            return net(x, y, trunk=trunk)
 
                     variants["onnxruntime"] = onnx_fn
-                else:
-                    log("onnxruntime not installed: ONNX variant skipped")
-            except Exception as err:  # exporter problems are reported, not fatal
-                log(f"ONNX export failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+            else:
+                log("onnxruntime or onnx not installed (or REGCORE_ONNX=0): ONNX variant skipped")
 
             times = round_robin(variants, rounds)
             for name, fn in variants.items():

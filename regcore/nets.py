@@ -8,7 +8,7 @@ through :mod:`regcore.checkpoints`, which reads only safetensors and validates t
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,14 +102,10 @@ class RegNet(
         """Inputs are padded to a multiple of this size."""
         return 2**self.levels
 
-    def forward(self, source: Tensor, target: Tensor) -> Tensor:
-        """``(N, 1, H, W)``, ``(N, 1, H, W)`` in [0, 1] -> displacement ``(N, 2, H, W)`` in pixels."""
-        if source.shape != target.shape or source.ndim != 4 or source.shape[1] != 1:
-            raise ValueError(f"expected source and target of one shape (N, 1, H, W), got {tuple(source.shape)} and {tuple(target.shape)}")
-        h, w = source.shape[-2:]
-        m = self.multiple
-        pad = (0, (-w) % m, 0, (-h) % m)
-        x = F.pad(torch.cat((source, target), dim=1), pad, mode="replicate")
+    def trunk(self, x: Tensor) -> Tensor:
+        """The UNet proper: the stacked, padded pair ``(N, 2, H, W)`` (``H``, ``W`` multiples of
+        :attr:`multiple`) -> field ``(N, 2, H / d, W / d)`` in pixels of that grid (``d = int_downsize``),
+        before integration. Shape-agnostic, so it exports to ONNX with dynamic sizes (regcore.inference)."""
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else F.max_pool2d(x, 2))
@@ -117,8 +113,22 @@ class RegNet(
         x = self.bottleneck(F.max_pool2d(x, 2))
         for block, skip in zip(self.decoder, reversed(skips), strict=False):
             x = block(torch.cat((F.interpolate(x, scale_factor=2.0, mode="nearest"), skip), dim=1))
+        return self.flow(self.final(x))
+
+    def forward(self, source: Tensor, target: Tensor, trunk: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``(N, 1, H, W)``, ``(N, 1, H, W)`` in [0, 1] -> displacement ``(N, 2, H, W)`` in pixels.
+
+        ``trunk`` replaces :meth:`trunk` (e.g. by an ONNX Runtime session of it); padding,
+        integration and resizing stay here.
+        """
+        if source.shape != target.shape or source.ndim != 4 or source.shape[1] != 1:
+            raise ValueError(f"expected source and target of one shape (N, 1, H, W), got {tuple(source.shape)} and {tuple(target.shape)}")
+        h, w = source.shape[-2:]
+        m = self.multiple
+        pad = (0, (-w) % m, 0, (-h) % m)
+        x = F.pad(torch.cat((source, target), dim=1), pad, mode="replicate")
         # The head predicts in pixels of its own (1 / int_downsize) grid; resize_flow rescales them.
-        field = self.flow(self.final(x))
+        field = (trunk or self.trunk)(x)
         if self.integrate is not None:
             field = self.integrate(field)
         return resize_flow(field, (h + pad[3], w + pad[1]))[..., :h, :w]

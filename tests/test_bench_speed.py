@@ -3,10 +3,12 @@ register()'s channels-last conversion leaves the cached model usable for trainin
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 import regcore
+from regcore import inference
 from regcore.checkpoints import load_model, save_model
 from regcore.losses import box_mean
 from regcore.nets import RegNet
@@ -19,8 +21,9 @@ def test_box_mean_equals_the_2d_pool():
         torch.testing.assert_close(box_mean(x, win), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_register_net_on_cpu_keeps_the_model_trainable(photo, tmp_path):
-    folder = save_model(RegNet(enc_features=(8, 8, 8), dec_features=(8, 8, 8), final_features=(8,)), tmp_path / "tiny")
+def test_register_net_on_cpu_keeps_the_model_trainable(photo, tmp_path, monkeypatch):
+    monkeypatch.setenv("REGCORE_ONNX", "0")  # the PyTorch path, as without onnxruntime
+    folder = _tiny(tmp_path)
     before = regcore.register(photo, photo, method="net", model=folder)
     again = regcore.register(photo, photo, method="net", model=folder)
     net = load_model(folder)
@@ -31,3 +34,39 @@ def test_register_net_on_cpu_keeps_the_model_trainable(photo, tmp_path):
     x = torch.from_numpy(photo)[None, None]
     net(x, x).square().mean().backward()
     assert net.flow.weight.grad is not None
+
+
+def _tiny(tmp_path):
+    return save_model(RegNet(enc_features=(8, 8, 8), dec_features=(8, 8, 8), final_features=(8,)), tmp_path / "tiny")
+
+
+def test_onnx_runtime_path_matches_pytorch_at_any_size(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("REGCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REGCORE_ONNX", "1")
+    net = load_model(_tiny(tmp_path))
+    with torch.no_grad():  # a non-trivial head, so the comparison means something
+        net.flow.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    for shape in ((1, 1, 45, 70), (2, 1, 64, 64)):
+        src, tgt = torch.rand(shape, generator=g), torch.rand(shape, generator=g)
+        with torch.inference_mode():
+            expected = net(src, tgt)
+        got = inference.network_flow(net, src, tgt)
+        assert inference.onnx_session(net) is not None
+        assert got.shape == expected.shape and got.is_contiguous()
+        assert expected.abs().max() > 0.05
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert len(list((tmp_path / "cache").glob("regnet-trunk-*.onnx"))) == 1  # exported once, reused from disk
+
+
+def test_onnx_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGCORE_ONNX", "0")
+    monkeypatch.setenv("REGCORE_CACHE", str(tmp_path / "cache"))
+    net = load_model(_tiny(tmp_path))
+    assert not inference.onnx_enabled() and inference.onnx_session(net) is None
+    x = torch.rand(1, 1, 40, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(inference.network_flow(net, x, x), net(x, x))
+    assert not (tmp_path / "cache").exists()
