@@ -9,8 +9,9 @@ default; every other input keeps its default) until ``--duration`` seconds have 
 ``--max-requests`` per user are done. Each request has its own time limit (``--request-timeout``;
 a request over it is cancelled and counted as an error). Meanwhile the server process's RSS is
 sampled every ``--sample-every`` seconds. Reported: requests served, errors (with their
-messages), p50/p95/max latency, throughput, and the server's RSS before the load, after the
-warm-up, at its peak and at the end (target: zero errors and memory flat after warm-up).
+messages), p50/p95/max latency, throughput, and the server's RSS before the load, during and
+after the warm-up (by default until one request per user has finished), at its peak, at the
+end, and its growth after the warm-up in MiB/min (target: zero errors and memory flat after warm-up).
 ``--probe`` first sends bad uploads (empty, not an image, truncated, a decompression bomb, a
 4×4 image) and reports what each got, then checks that the server still serves.
 
@@ -235,6 +236,17 @@ def probe(url: str, good: Path, folder: Path, timeout: float) -> list[tuple[str,
     return outcomes
 
 
+def _slope_per_min(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MiB) points, in MiB per minute (None with under 2 points)."""
+    if len(points) < 2 or points[-1][0] - points[0][0] <= 0:
+        return None
+    t_mean = statistics.fmean(t for t, _ in points)
+    v_mean = statistics.fmean(v for _, v in points)
+    cov = sum((t - t_mean) * (v - v_mean) for t, v in points)
+    var = sum((t - t_mean) ** 2 for t, _ in points)
+    return 60.0 * cov / var
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -249,7 +261,7 @@ def run_load(
     pair: tuple[Path, Path] = DEFAULT_PAIR,
     max_requests: int = 10_000,
     request_timeout: float = 120.0,
-    warmup: float = 10.0,
+    warmup: float | None = None,
     sample_every: float = 0.5,
     probe_bad: bool = False,
 ) -> dict:
@@ -289,8 +301,14 @@ def run_load(
     errors = [e for r in results for e in r.errors] + [f"user thread still running after the time limit ({hung})"] * bool(hung)
     samples = sampler.samples
     load_samples = [(t - load_t0, v) for t, v in samples if t >= load_t0]
+    if warmup is None:
+        # Warm-up ends when as many requests as there are users have finished: by then every
+        # worker has run the whole path once (model loaded, plots built, caches filled).
+        finished = sorted(t for r in results for t in r.finished_at)
+        warmup = finished[min(users, len(finished)) - 1] if finished else duration
     after_warmup = [v for t, v in load_samples if t >= warmup]
     warm_samples = [v for t, v in load_samples if t < warmup]
+    growth = _slope_per_min([(t, v) for t, v in load_samples if t >= warmup])
     return {
         "users": users,
         "duration_s": duration,
@@ -309,6 +327,8 @@ def run_load(
         "rss_peak_after_warmup_mb": round(max(after_warmup), 1) if after_warmup else None,
         "rss_first_after_warmup_mb": round(after_warmup[0], 1) if after_warmup else None,
         "rss_end_mb": round(load_samples[-1][1], 1) if load_samples else None,
+        "warmup_s": round(warmup, 1),
+        "rss_growth_after_warmup_mb_per_min": None if growth is None else round(growth, 1),
         "rss_peak_mb": round(max(v for _, v in samples), 1) if samples else None,
         "rss_timeline_mb": [(round(t, 1), round(v)) for t, v in load_samples[:: max(1, len(load_samples) // 24)]],
         "probe": outcomes,
@@ -331,8 +351,9 @@ def _print(report: dict) -> None:
     latency = f"latency p50 {r['latency_p50_s']} s, p95 {r['latency_p95_s']} s, max {r['latency_max_s']} s"
     print(f"{latency}; {r['throughput_per_min']} requests/min")
     print(
-        f"server RSS MiB: idle {r['rss_idle_mb']}, peak during warm-up {r['rss_peak_warmup_mb']}, "
+        f"server RSS MiB: idle {r['rss_idle_mb']}, peak during warm-up (first {r['warmup_s']} s) {r['rss_peak_warmup_mb']}, "
         f"first after warm-up {r['rss_first_after_warmup_mb']}, peak after warm-up {r['rss_peak_after_warmup_mb']}, "
+        f"growth after warm-up {r['rss_growth_after_warmup_mb_per_min']} MiB/min, "
         f"end {r['rss_end_mb']}, overall peak {r['rss_peak_mb']}"
     )
     print("RSS over time (s: MiB): " + ", ".join(f"{t:g}: {v}" for t, v in r["rss_timeline_mb"]))
@@ -344,7 +365,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     p.add_argument("--max-requests", type=int, default=10_000, help="at most this many requests per user")
     p.add_argument("--request-timeout", type=float, default=120.0, help="a request is cancelled after this many seconds")
-    p.add_argument("--warmup", type=float, default=10.0, help="seconds of load counted as warm-up for the memory figures")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="seconds of load counted as warm-up (default: until one request per user has finished)"
+    )
     p.add_argument("--sample-every", type=float, default=0.5, help="RSS sampling period, seconds")
     p.add_argument("--source", type=Path, default=DEFAULT_PAIR[0])
     p.add_argument("--target", type=Path, default=DEFAULT_PAIR[1])

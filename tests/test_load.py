@@ -39,7 +39,7 @@ def test_app_under_concurrent_users_and_bad_uploads(photo, tmp_path):
         pair=(tmp_path / "source.png", tmp_path / "target.png"),
         max_requests=3,
         request_timeout=120.0,
-        warmup=1.0,
+        warmup=None,
         sample_every=0.25,
         probe_bad=True,
     )
