@@ -709,11 +709,12 @@ def scaling(
     timed ``3`` times (median) below 512², once above, after a warm-up call unless the previous
     size already took over 2 s (then start-up costs are negligible).
 
-    Throughput rows (``batch``, ``size``, ``pairs_per_s``): the network alone (``RegNet.forward``
-    under ``torch.inference_mode``) on batches of pairs.
+    Throughput rows (``batch``, ``size``, ``pairs_per_s``): the network alone on batches of pairs,
+    through :func:`regcore.inference.network_flow` (ONNX Runtime when installed, as register() does).
     """
     from .api import register
     from .checkpoints import load_model
+    from .inference import network_flow
 
     fns: dict[str, Callable[[np.ndarray, np.ndarray, int], object]] = {}
     if model is not None:
@@ -740,8 +741,7 @@ def scaling(
             for batch in batch_sizes:
                 image = build_pairs(EvalSet("photo", side, side / 16, seed=8000 + side, count=1))[0].source
                 x = torch.from_numpy(np.stack([image] * batch))[:, None]
-                with torch.inference_mode():
-                    t = _time_calls(lambda x=x: net(x, x.flip(-1)), 3, True)
+                t = _time_calls(lambda x=x: network_flow(net, x, x.flip(-1)), 3, True)
                 throughput.append({"batch": batch, "size": side, "pairs_per_s": batch / t, "time_s": t})
                 log(f"  throughput batch {batch} at {side}²: {batch / t:.1f} pairs/s")
     return rows, throughput
@@ -772,7 +772,13 @@ def write_scaling(out_dir: str | os.PathLike, rows: Sequence[dict], throughput: 
         cells = " | ".join(f"{1000 * by_size[s]:.0f} ms" if s in by_size else "–" for s in sizes)
         lines.append(f"| {m} | {cells} | a = {a:.2f} |")
     if throughput:
-        lines += ["", "Network batch throughput (RegNet.forward, inference mode):", "", "| batch | side | pairs/s |", "|---|---|---|"]
+        lines += [
+            "",
+            "Network batch throughput (regcore.inference.network_flow: ONNX Runtime when installed, else PyTorch):",
+            "",
+            "| batch | side | pairs/s |",
+            "|---|---|---|",
+        ]
         lines += [f"| {r['batch']} | {r['size']}² | {r['pairs_per_s']:.1f} |" for r in throughput]
     paths.files["markdown"] = out / "scaling.md"
     paths.files["markdown"].write_text("\n".join(lines) + "\n")
