@@ -267,7 +267,8 @@ def register(
             flow = optimize_flow(src_w, tgt_w, flow, steps, levels, similarity, float(reg_weight), callback=callback)
     flow = resize_flow(flow, size)
     with torch.inference_mode():
-        warped = warp(src_t, flow)
+        # Bilinear weights can sum to 1 + 1 ulp in float32: clamp to keep the [0, 1] contract.
+        warped = warp(src_t, flow).clamp_(0.0, 1.0)
     elapsed = time.perf_counter() - start
 
     flow_np = flow[0].cpu().numpy().astype(np.float32)
