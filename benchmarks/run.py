@@ -6,6 +6,7 @@
     python benchmarks/run.py --scaling            # also time vs size (64² .. 1024²) and batch throughput
     python benchmarks/run.py --only-scaling       # only that
     python benchmarks/run.py --sets photo256 --methods tvl1 ncc:net --pairs 4
+    python benchmarks/run.py --sets photo128 photo256:6 labels128:4   # NAME:PAIRS caps one set
 
 Writes to --out (default benchmarks/results/): results.md (one table per set), results.csv,
 pairs.csv (every pair), accuracy_vs_time.png, and with scaling scaling.md/.csv/.png and
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -35,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", action="append", default=None, help="checkpoint folder or shipped name (repeatable); default: every shipped one"
     )
-    p.add_argument("--sets", nargs="+", default=None, help=f"evaluation sets (default all: {' '.join(bench.EVAL_SETS)})")
+    p.add_argument(
+        "--sets", nargs="+", default=None, help=f"evaluation sets, NAME or NAME:PAIRS (default all: {' '.join(bench.EVAL_SETS)})"
+    )
     p.add_argument("--pairs", type=int, default=None, help="at most this many pairs per set")
     p.add_argument("--methods", nargs="+", default=None, help="method names or glob patterns to keep (e.g. tvl1 '*:net' demons)")
     p.add_argument("--refine-steps", type=int, nargs="+", default=[10, 30, 100], help="net+refine step counts (default 10 30 100)")
@@ -97,13 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only_scaling:
         sets = bench.QUICK_SETS if args.quick else bench.EVAL_SETS
         if args.sets:
+            counts = {name: int(n) for name, _, n in (s.partition(":") for s in args.sets) if n}
+            args.sets = [s.partition(":")[0] for s in args.sets]
             unknown = [s for s in args.sets if s not in bench.EVAL_SETS and s not in bench.QUICK_SETS]
             if unknown:
                 print(
                     f"unknown set(s) {', '.join(unknown)}; choose from {', '.join([*bench.EVAL_SETS, *bench.QUICK_SETS])}", file=sys.stderr
                 )
                 return 2
-            sets = {s: {**bench.EVAL_SETS, **bench.QUICK_SETS}[s] for s in args.sets}
+            known = {**bench.EVAL_SETS, **bench.QUICK_SETS}
+            sets = {s: replace(known[s], count=min(counts[s], known[s].count)) if s in counts else known[s] for s in args.sets}
         steps = [s for s in args.refine_steps if s <= 30] if args.quick else args.refine_steps
         methods = [
             bench.identity_method(),
