@@ -184,23 +184,28 @@ class TrainUpdate:
 
 def train_live(
     steps: int = 300,
-    size: int = 64,
+    size: int = 48,
     batch: int = 8,
-    recipe: str = "unsup",
-    lr: float = 3e-3,
+    recipe: str = "hybrid",
+    lr: float = 1e-3,
     every: int = 10,
     seed: int = 0,
-    sup_weight: float = 0.1,
+    sup_weight: float = 1.0,
     kind: str = "mix",
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[TrainUpdate]:
     """Train :func:`tiny_regnet` on generated pairs, yielding a :class:`TrainUpdate` every ``every`` steps.
 
-    Same data (:func:`regcore.data.make_batch`) and losses (:func:`regcore.training.compute_loss`,
-    local NCC + smoothness, ``recipe`` ``"unsup"`` or ``"hybrid"``) as ``train.py``, on
-    ``size``² pairs with displacements up to 10% of the side. The sample shown is a photograph
-    deformed by a known field, which the network never sees during training. Deterministic for a
-    given ``seed``. ``should_stop()`` is checked each step.
+    Same data (:func:`regcore.data.make_batch` of ``kind``) and losses
+    (:func:`regcore.training.compute_loss`: local NCC + smoothness, plus ``sup_weight`` × the
+    error to the known field for ``recipe="hybrid"``) as ``train.py``, on ``size``² pairs with
+    displacements up to 10% of the side. The sample shown is a photograph deformed by a known
+    field, which the network never sees during training. Deterministic for a given ``seed``.
+    ``should_stop()`` is checked each step.
+
+    Expect a start, not a trained model: with these defaults, 300 steps took the sample's
+    endpoint error from 1.47 px (no motion) to 1.39 px in our runs; the shipped checkpoints
+    trained for thousands of steps on more data.
     """
     if not 1 <= steps <= 5000 or not 16 <= size <= 256:
         raise RegcoreError(f"steps must be in [1, 5000] and size in [16, 256], got {steps} and {size}")

@@ -37,7 +37,7 @@ __all__ = [
     "quiver_figure",
 ]
 
-#: Background images of figures are downsampled to at most this side (they travel as PNG in the JSON).
+#: Background images of figures are downsampled to at most this side (they travel as JPEG in the JSON).
 FIGURE_IMAGE_SIDE = 384
 #: Heatmaps are subsampled to at most this side to keep the figure JSON small.
 HEATMAP_SIDE = 128
@@ -77,21 +77,25 @@ def difference_image(a: np.ndarray, b: np.ndarray, vmax: float = 0.5) -> np.ndar
     return colorize(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)), 0.0, vmax)
 
 
-def _png_uri(image: np.ndarray, max_side: int = FIGURE_IMAGE_SIDE) -> tuple[str, tuple[int, int]]:
-    """``(H, W)`` in [0, 1] or ``(H, W, 3)`` uint8 -> (PNG data URI, its ``(h, w)``), downsampled to ``max_side``."""
+def _image_uri(image: np.ndarray, max_side: int = FIGURE_IMAGE_SIDE) -> tuple[str, tuple[int, int]]:
+    """``(H, W)`` in [0, 1] or ``(H, W, 3)`` uint8 -> (JPEG data URI, its ``(h, w)``), downsampled to ``max_side``.
+
+    JPEG, not PNG: a figure's backdrop needs no exact pixels, and JPEG is ~4× smaller and faster
+    to encode, which keeps the figure JSON (sent on every request) light.
+    """
     pil = Image.fromarray(image if image.dtype == np.uint8 else to_uint8(image))
     if max(pil.size) > max_side:
         scale = max_side / max(pil.size)
         pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.BILINEAR)
     buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), (pil.height, pil.width)
+    pil.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), (pil.height, pil.width)
 
 
 def _image_trace(image: np.ndarray, opacity: float = 1.0) -> go.Image:
     """An image as a plotly trace whose pixel (r, c) is centred at (x=c, y=r), even when downsampled for display."""
     h, w = image.shape[:2]
-    uri, (shown_h, shown_w) = _png_uri(image)
+    uri, (shown_h, shown_w) = _image_uri(image)
     # A downsampled PNG's pixels are bigger in data units, so the image still covers [-0.5, size - 0.5].
     dx, dy = w / shown_w, h / shown_h
     return go.Image(source=uri, x0=-0.5 + dx / 2, dx=dx, y0=-0.5 + dy / 2, dy=dy, hoverinfo="skip", opacity=opacity)
@@ -127,13 +131,30 @@ def _arrow_path(x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, head
     return xs.astype(np.float32), ys.astype(np.float32)
 
 
-def _quiver_traces(flow: np.ndarray, max_arrows: int, color: str = ARROW_COLOR) -> tuple[list, str]:
-    """Arrow lines and hover markers for a subsampled ``(2, H, W)`` field; also a note on the arrow scale."""
+def _cell_means(flow: np.ndarray, step: int) -> np.ndarray:
+    """``(2, H, W)`` -> ``(2, ceil(H / step), ceil(W / step))``: the mean over each ``step × step`` cell."""
+    h, w = flow.shape[1:]
+    ph, pw = -h % step, -w % step
+    padded = np.pad(flow, ((0, 0), (0, ph), (0, pw)), mode="constant", constant_values=np.nan)
+    cells = padded.reshape(2, (h + ph) // step, step, (w + pw) // step, step)
+    return np.nanmean(cells, axis=(2, 4))
+
+
+def _quiver_traces(flow: np.ndarray, max_arrows: int, color: str = ARROW_COLOR, pool: bool = False) -> tuple[list, str]:
+    """Arrow lines and hover markers for a subsampled ``(2, H, W)`` field; also a note on the arrow scale.
+
+    ``pool``: each arrow shows the mean of its cell instead of the value at the cell's centre
+    (for fields that vary from pixel to pixel, such as a gradient, which sampling would miss).
+    """
     flow = np.asarray(flow, np.float32)
     h, w = flow.shape[1:]
     step = max(1, math.ceil(max(h, w) / max(1, max_arrows)))
     ys, xs = np.mgrid[step // 2 : h : step, step // 2 : w : step]
-    dy, dx = flow[0, ys, xs].ravel(), flow[1, ys, xs].ravel()
+    if pool:
+        means = _cell_means(flow, step)[:, : ys.shape[0], : ys.shape[1]]
+        dy, dx = means[0].ravel(), means[1].ravel()
+    else:
+        dy, dx = flow[0, ys, xs].ravel(), flow[1, ys, xs].ravel()
     ys, xs = ys.ravel().astype(np.float64), xs.ravel().astype(np.float64)
     length = np.hypot(dy, dx)
     longest = float(length.max()) if length.size else 0.0
@@ -141,7 +162,7 @@ def _quiver_traces(flow: np.ndarray, max_arrows: int, color: str = ARROW_COLOR) 
     # longest spans ~ one spacing, and say so. Larger fields are drawn at true length (tip = where
     # the pixel is fetched from).
     scale = 1.0 if longest == 0 or longest >= 0.9 * step else 0.9 * step / longest
-    note = "arrows at true length" if scale == 1.0 else f"arrows drawn ×{scale:.1f}"
+    note = "arrows at true length" if scale == 1.0 else f"arrows drawn ×{scale:.3g}"
     px, py = _arrow_path(xs, ys, scale * dx.astype(np.float64), scale * dy.astype(np.float64))
     lines = go.Scatter(x=px, y=py, mode="lines", line={"color": color, "width": 1.5}, hoverinfo="skip", showlegend=False, name="field")
     markers = go.Scatter(
@@ -158,13 +179,16 @@ def _quiver_traces(flow: np.ndarray, max_arrows: int, color: str = ARROW_COLOR) 
     return [lines, markers], note
 
 
-def quiver_figure(image: np.ndarray | None, flow: np.ndarray, max_arrows: int = 24, title: str = "Displacement field") -> go.Figure:
+def quiver_figure(
+    image: np.ndarray | None, flow: np.ndarray, max_arrows: int = 24, title: str = "Displacement field", pool: bool = False
+) -> go.Figure:
     """Interactive quiver plot of a ``(2, H, W)`` pixel field, subsampled to ``max_arrows`` per side.
 
     Args:
         image: ``(H, W)`` in [0, 1] drawn underneath (e.g. the target), or None.
         flow: ``(2, H, W)`` displacement in pixels (channel 0 rows, 1 columns).
         max_arrows: arrows along the longer side.
+        pool: draw each arrow as the mean of the field over its cell, not the value at its base.
 
     Hovering an arrow's base (a dot) shows its pixel and its vector ``(dy, dx)`` in pixels. Arrows
     shorter than their spacing are lengthened so the longest spans about one spacing (the title
@@ -176,7 +200,7 @@ def quiver_figure(image: np.ndarray | None, flow: np.ndarray, max_arrows: int = 
     fig = go.Figure()
     if image is not None:
         fig.add_trace(_image_trace(np.asarray(image), opacity=0.8))
-    traces, note = _quiver_traces(flow, max_arrows)
+    traces, note = _quiver_traces(flow, max_arrows, pool=pool)
     fig.add_traces(traces)
     _frame(fig, flow.shape[1:])
     fig.update_layout(title={"text": f"{title} ({note}; hover for values)", "font": {"size": 13}}, margin=_MARGIN, height=460)
@@ -291,7 +315,7 @@ def field_comparison_figure(image: np.ndarray | None, true_flow: np.ndarray, pre
     )
     for col in (1, 2, 3):
         _frame(fig, true_flow.shape[1:], row=1, col=col)
-    fig.update_layout(margin=_MARGIN, height=360, showlegend=False)
+    fig.update_layout(margin={**_MARGIN, "t": 60}, height=380, showlegend=False)
     return fig
 
 
@@ -305,20 +329,25 @@ def images_figure(images: Mapping[str, np.ndarray], height: int = 300) -> go.Fig
         _frame(fig, image.shape[:2], row=1, col=col)
         fig.update_xaxes(showticklabels=False, row=1, col=col)
         fig.update_yaxes(showticklabels=False, row=1, col=col)
-    fig.update_layout(margin=_MARGIN, height=height)
+    fig.update_layout(margin={**_MARGIN, "t": 60}, height=height)
     return fig
 
 
 def loss_curve_figure(
-    steps: Sequence[int], losses: Sequence[float], title: str = "Training loss", extra: Mapping | None = None
+    steps: Sequence[int], losses: Sequence[float], title: str = "Training loss", extra: Mapping | None = None, window: int = 20
 ) -> go.Figure:
-    """Line plot of a loss per step (and optional extra curves ``{name: (steps, values)}``)."""
-    fig = go.Figure(go.Scatter(x=list(steps), y=list(losses), mode="lines", name="loss"))
+    """Line plot of a loss per step, its running mean over ``window`` steps (per-step losses are noisy),
+    and optional extra curves ``{name: (steps, values)}`` on a second axis."""
+    losses = np.asarray(losses, np.float64)
+    running = np.convolve(losses, np.ones(window), "full")[: len(losses)] / np.minimum(np.arange(1, len(losses) + 1), window)
+    fig = go.Figure(go.Scatter(x=list(steps), y=losses, mode="lines", name="loss", line={"width": 1}, opacity=0.4))
+    fig.add_trace(go.Scatter(x=list(steps), y=running, mode="lines", name=f"loss, mean of {window} steps", line={"width": 2.5}))
     for name, (xs, ys) in (extra or {}).items():
         fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=name, yaxis="y2"))
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, xaxis_title="step", yaxis_title="loss", margin=_MARGIN, height=320)
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, xaxis_title="step", yaxis_title="loss", height=340)
+    fig.update_layout(margin={**_MARGIN, "t": 70}, legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"})
     if extra:
-        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": ", ".join(extra)}, legend={"x": 0.7, "y": 1})
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": ", ".join(extra), "showgrid": False})
     return fig
 
 
@@ -326,7 +355,7 @@ def gradient_norms_figure(norms: Mapping[str, float], title: str = "Gradient nor
     """Horizontal bars of the gradient norm of each parameter tensor (log scale), input side at the top."""
     names = list(norms)
     fig = go.Figure(go.Bar(x=[max(float(norms[n]), 1e-12) for n in names], y=names, orientation="h"))
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin=_MARGIN, height=max(260, 22 * len(names)))
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, margin=_MARGIN, height=max(260, 24 * len(names) + 90))
     fig.update_xaxes(type="log", title="‖∂loss/∂weights‖")
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=names, ticktext=names, tickfont={"size": 10})
     return fig

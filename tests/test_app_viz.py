@@ -172,3 +172,18 @@ def test_compare_methods_scores_every_method_on_the_same_pixels(no_checkpoints, 
         assert r.flow.shape == (2, 64, 64) and r.before == results[0].before
         assert r.after["local_ncc"] > r.before["local_ncc"]
         assert any("64x64" in n for n in r.notes)
+
+
+def test_pooled_quiver_shows_cell_means():
+    # A field that is non-zero on one pixel per 8×8 cell: sampling the cell centres sees nothing, the mean does.
+    flow = np.zeros((2, 32, 32), np.float32)
+    flow[0, ::8, ::8] = 64.0
+    sampled = np.asarray(_trace(viz.quiver_figure(None, flow, max_arrows=4), "vectors").customdata)
+    pooled = np.asarray(_trace(viz.quiver_figure(None, flow, max_arrows=4, pool=True), "vectors").customdata)
+    np.testing.assert_allclose(sampled[:, 0], 0.0)
+    np.testing.assert_allclose(pooled[:, 0], 1.0)  # 64 / 64 pixels per cell
+
+
+def test_loss_curve_adds_a_running_mean():
+    fig = viz.loss_curve_figure(range(1, 5), [4.0, 2.0, 0.0, 2.0], window=2)
+    np.testing.assert_allclose(np.asarray(fig.data[1].y), [4.0, 3.0, 1.0, 1.0])
