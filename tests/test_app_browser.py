@@ -1,0 +1,106 @@
+"""The app in a real browser: Playwright drives Debian's Chromium (never a downloaded browser).
+
+Skipped when /usr/bin/chromium is missing, unless REGCORE_REQUIRE_BROWSER=1 (CI sets it), in
+which case a missing browser is a failure. Set REGCORE_SCREENSHOT=docs/screenshot.png to also
+save the screenshot there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from test_app import ROOT, SOURCE, TARGET, free_port, start_app, stop_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+REQUIRED = os.environ.get("REGCORE_REQUIRE_BROWSER") == "1"
+
+
+def _browser_or_skip():
+    missing = "/usr/bin/chromium is missing (apt-get install chromium)" if not CHROMIUM.exists() else None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing, sync_playwright = "the playwright Python package is missing", None
+    if missing:
+        if REQUIRED:
+            pytest.fail(f"REGCORE_REQUIRE_BROWSER=1 but {missing}")
+        pytest.skip(missing)
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    sync_playwright = _browser_or_skip()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    env.pop("GRADIO_SERVER_PORT", None)
+    proc, url = start_app(["--port", str(free_port())], env)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # The page must not need the network: record (and refuse) any request that leaves this machine.
+            outside: list[str] = []
+
+            def route(r):
+                host = urlparse(r.request.url).hostname
+                if r.request.url.startswith(("data:", "blob:")) or host in ("127.0.0.1", "localhost"):
+                    r.continue_()
+                else:
+                    outside.append(r.request.url)
+                    r.abort()
+
+            pg.route("**/*", route)
+            pg.goto(url)
+            yield pg, outside
+            browser.close()
+    finally:
+        stop_app(proc)
+
+
+def test_upload_register_and_see_the_results(browser_page, tmp_path):
+    from playwright.sync_api import expect
+
+    page, outside = browser_page
+    page.wait_for_selector("#register-btn", timeout=60_000)
+    page.locator("#source input[type=file]").set_input_files(str(SOURCE))
+    page.locator("#target input[type=file]").set_input_files(str(TARGET))
+    page.locator("#source img").first.wait_for(timeout=30_000)
+    page.locator("#target img").first.wait_for(timeout=30_000)
+    page.click("#register-btn")
+
+    # The warped image, the scores and the quiver plot appear.
+    expect(page.locator("#warped img").first).to_be_visible(timeout=120_000)
+    expect(page.locator("#scores")).to_contain_text("local NCC", timeout=60_000)
+    expect(page.locator("#summary")).to_contain_text("local NCC")
+    page.locator("#quiver .js-plotly-plot").wait_for(timeout=60_000)
+    arrows = page.locator("#quiver .scatterlayer .trace")
+    assert arrows.count() >= 2  # the arrow lines and the hoverable arrow bases
+    page.locator("#jacobian .js-plotly-plot").wait_for(timeout=60_000)
+    expect(page.locator("#jacobian")).to_contain_text("folding")
+    expect(page.locator("#files")).to_contain_text("flow.npy")
+    src = page.locator("#warped img").first.get_attribute("src")
+    assert src and ".png" in src
+
+    page.wait_for_timeout(500)  # let plotly finish drawing before the picture is taken
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("REGCORE_SCREENSHOT"):
+        target = ROOT / os.environ["REGCORE_SCREENSHOT"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target)
+    assert outside == [], f"the page tried to reach the network: {outside[:3]}"
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_missing_browser_skips_or_fails(monkeypatch, required):
+    """Without a browser: a skip locally, a failure when REGCORE_REQUIRE_BROWSER=1 (as in CI)."""
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.setattr(sys.modules[__name__], "REQUIRED", required)
+    with pytest.raises(pytest.fail.Exception if required else pytest.skip.Exception, match="chromium is missing"):
+        _browser_or_skip()
