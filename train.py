@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda"):
             flow = model(batch.source, batch.target)
         terms = compute_loss(flow.float(), batch, cfg, sim, reg)
+        if not torch.isfinite(terms["total"]):
+            # A non-finite field makes grid_sample's CPU backward crash the process: skip the batch, say so.
+            tqdm.write(f"step {step + 1}: non-finite loss, batch skipped")
+            continue
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
