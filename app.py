@@ -222,7 +222,8 @@ def learn_train(steps: float, recipe: str, progress: gr.Progress = gr.Progress()
             curve = viz.loss_curve_figure(
                 range(1, update.step + 1), update.losses, extra={"EPE on the photo (px)": (update.epe_steps, update.epe)}
             )
-            sample = viz.images_figure({"source": update.source, "target": update.target, "warped by the tiny net": update.warped})
+            difference = viz.difference_image(update.warped, update.target)
+            sample = viz.image_strip([update.source, update.target, update.warped, difference], zoom=4)
             rate = update.step / max(update.seconds, 1e-9)
             status = (
                 f"step {update.step}/{update.total} · loss {update.losses[-1]:.4f} · endpoint error on the photo "
@@ -361,7 +362,12 @@ def build_demo() -> gr.Blocks:
                 train_status = gr.Markdown()
                 with gr.Row():
                     curve = gr.Plot(label="Loss", elem_id="loss-curve")
-                    sample = gr.Plot(label="Sample registration", elem_id="train-sample")
+                    sample = gr.Image(
+                        label="Sample: source | target | warped by the tiny net | |warped − target|",
+                        format="png",
+                        interactive=False,
+                        elem_id="train-sample",
+                    )
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown(
                     "The pair on the **Register** tab, registered by the network, the network plus refinement, the "

@@ -31,6 +31,7 @@ __all__ = [
     "field_comparison_figure",
     "gradient_norms_figure",
     "grid_figure",
+    "image_strip",
     "images_figure",
     "jacobian_figure",
     "loss_curve_figure",
@@ -75,6 +76,20 @@ def difference_image(a: np.ndarray, b: np.ndarray, vmax: float = 0.5) -> np.ndar
     The fixed scale makes a before and an after difference directly comparable (black = equal).
     """
     return colorize(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)), 0.0, vmax)
+
+
+def image_strip(images: Sequence[np.ndarray], gap: int = 4, zoom: int = 1) -> np.ndarray:
+    """Images side by side with white gaps: ``(H, W)`` in [0, 1] or ``(H, W, 3)`` uint8, one height -> ``(H, ΣW + gaps, 3)`` uint8.
+
+    ``zoom`` enlarges each pixel to ``zoom × zoom`` (nearest neighbour), for small images.
+    """
+    rgb = [np.repeat(to_uint8(im)[..., None], 3, axis=2) if np.asarray(im).ndim == 2 else np.asarray(im, np.uint8) for im in images]
+    if len({im.shape[0] for im in rgb}) != 1:
+        raise ValueError(f"images differ in height: {[im.shape for im in rgb]}")
+    spacer = np.full((rgb[0].shape[0], gap, 3), 255, np.uint8)
+    parts = [part for im in rgb for part in (im, spacer)][:-1]
+    strip = np.concatenate(parts, axis=1)
+    return strip.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else strip
 
 
 def _image_uri(image: np.ndarray, max_side: int = FIGURE_IMAGE_SIDE) -> tuple[str, tuple[int, int]]:

@@ -8,6 +8,7 @@ save the screenshot there.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ from urllib.parse import urlparse
 
 import pytest
 from test_app import ROOT, SOURCE, TARGET, free_port, start_app, stop_app
+
+from regcore import load_image
+from regcore.metrics import local_ncc
 
 CHROMIUM = Path("/usr/bin/chromium")
 REQUIRED = os.environ.get("REGCORE_REQUIRE_BROWSER") == "1"
@@ -95,6 +99,17 @@ def test_upload_register_and_see_the_results(browser_page, tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target)
     assert outside == [], f"the page tried to reach the network: {outside[:3]}"
+
+
+def test_one_click_example_registers(browser_page):
+    from playwright.sync_api import expect
+
+    page, _ = browser_page
+    pair = [ROOT / "examples" / f"astronaut_gamma_{role}.png" for role in ("source", "target")]
+    before = local_ncc(*(load_image(p) for p in pair))  # the summary shows "local NCC <before> → <after>"
+    page.get_by_text("astronaut, contrast changed", exact=True).click()
+    expect(page.locator("#source img").first).to_have_attribute("src", re.compile("astronaut_gamma_source"), timeout=30_000)
+    expect(page.locator("#summary")).to_contain_text(f"local NCC {before:.3f} →", timeout=120_000)
 
 
 @pytest.mark.parametrize("required", [True, False])

@@ -187,3 +187,13 @@ def test_pooled_quiver_shows_cell_means():
 def test_loss_curve_adds_a_running_mean():
     fig = viz.loss_curve_figure(range(1, 5), [4.0, 2.0, 0.0, 2.0], window=2)
     np.testing.assert_allclose(np.asarray(fig.data[1].y), [4.0, 3.0, 1.0, 1.0])
+
+
+def test_image_strip_puts_images_side_by_side():
+    gray, rgb = np.ones((4, 3), np.float32), np.zeros((4, 2, 3), np.uint8)
+    strip = viz.image_strip([gray, rgb], gap=1)
+    assert strip.shape == (4, 6, 3) and strip.dtype == np.uint8
+    assert (strip[:, :3] == 255).all() and (strip[:, 3] == 255).all() and (strip[:, 4:] == 0).all()
+    assert viz.image_strip([gray, rgb], gap=1, zoom=2).shape == (8, 12, 3)
+    with pytest.raises(ValueError):
+        viz.image_strip([gray, np.zeros((5, 2))])
