@@ -657,8 +657,9 @@ def _plot_accuracy(path: Path, summary: Sequence[dict], set_names: Sequence[str]
             ax.axhline(ident[0]["epe_mean"], color="tab:gray", ls="--", lw=0.8, label="identity (no registration)")
             ax.legend(fontsize=7, loc="upper right")
         ax.set_xscale("log")
+        ax.set_yscale("log")  # failures (tens of px) and sub-pixel results on one axis
         ax.set_xlabel("time per pair (s, log)")
-        ax.set_ylabel("mean EPE (px)")
+        ax.set_ylabel("mean EPE (px, log)")
         ax.set_title(set_name, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(set_names) :]:
