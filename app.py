@@ -68,13 +68,19 @@ def user_errors() -> Iterator[None]:
         raise gr.Error(str(err)) from None
 
 
+_last_cleanup = 0.0
+
+
 def _output_dir() -> Path:
-    """A fresh folder for one result's downloads; folders older than an hour are removed first."""
+    """A fresh folder for one result's downloads; folders older than an hour are removed (checked at most once a minute)."""
+    global _last_cleanup
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - OUTPUT_MAX_AGE_S
-    for old in OUTPUT_ROOT.iterdir():
-        if old.stat().st_mtime < cutoff:
-            shutil.rmtree(old, ignore_errors=True)
+    now = time.time()
+    if now - _last_cleanup > 60:
+        _last_cleanup = now
+        for old in OUTPUT_ROOT.iterdir():
+            if old.stat().st_mtime < now - OUTPUT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=OUTPUT_ROOT))
 
 
@@ -128,7 +134,7 @@ def register_pair(
 ):
     """Register ``source`` onto ``target`` and return every picture and score the Register tab shows.
 
-    Returns, in order: warped source, checkerboard (before, after), |difference| (before, after),
+    Returns, in order: warped source, checkerboard (before, after), |difference| strip (before | after),
     quiver plot, deformed grid, Jacobian map, scores table, summary, [flow.npy, warped.png, metrics.json].
     """
     if source is None or target is None:
@@ -147,14 +153,14 @@ def register_pair(
     pictures = {
         "checker_before": viz.checkerboard(src, tgt),
         "checker_after": viz.checkerboard(warped, tgt),
-        "difference_before": viz.difference_image(src, tgt),
-        "difference_after": viz.difference_image(warped, tgt),
+        # One picture, not a second slider: each returned file is one more download for API clients.
+        "difference": viz.image_strip([viz.difference_image(src, tgt), viz.difference_image(warped, tgt)]),
     }
     paths = {name: _fast_png(out / f"{name}.png", image) for name, image in pictures.items()}
     return (
         str(files["warped"]),
         (paths["checker_before"], paths["checker_after"]),
-        (paths["difference_before"], paths["difference_after"]),
+        paths["difference"],
         viz.quiver_figure(tgt, flow),
         viz.grid_figure(src, flow),
         viz.jacobian_figure(flow),
@@ -307,8 +313,8 @@ def build_demo() -> gr.Blocks:
                     quiver = gr.Plot(label="Displacement field", elem_id="quiver")
                     grid = gr.Plot(label="Deformed grid", elem_id="grid")
                 with gr.Row():
-                    checker = gr.ImageSlider(label="Checkerboard with the target: before | after", format="png", elem_id="checker")
-                    difference = gr.ImageSlider(label="|difference|: before | after", format="png", elem_id="difference")
+                    checker = gr.ImageSlider(label="Checkerboard with target: before | after", format="png", elem_id="checker")
+                    difference = gr.Image(label="|diff| to target: before | after", format="png", interactive=False, elem_id="difference")
                     jacobian = gr.Plot(label="Jacobian determinant", elem_id="jacobian")
                 files = gr.File(
                     label="Downloads: flow.npy (2, H, W) pixels, warped.png, metrics.json", file_count="multiple", elem_id="files"
