@@ -20,7 +20,7 @@ from .errors import RegcoreError
 from .inference import network_flow
 from .io import ImageLike, input_label, load_image, save_image
 from .losses import make_similarity
-from .metrics import folding_percent, image_scores, jacobian_determinant
+from .metrics import image_scores, jacobian_determinant, jacobian_stats
 from .optimize import optimize_flow, pyramid_levels
 from .warp import resize_flow, warp
 
@@ -275,8 +275,7 @@ def register(
     warped_np = warped[0, 0].cpu().numpy().astype(np.float32)
     tgt_np = tgt_t[0, 0].cpu().numpy().astype(np.float32)
     after = image_scores(warped_np, tgt_np)
-    after["folding_percent"] = folding_percent(flow_np)
-    after["jacobian_min"] = float(jacobian_determinant(flow_np).min())
+    after.update(jacobian_stats(flow_np))
     return RegistrationResult(
         flow=flow_np,
         warped=warped_np,
