@@ -11,14 +11,20 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import regcore
-from regcore.checkpoints import default_model_name, load_model
-from regcore.data import load_photo
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import regcore  # noqa: E402
+from regcore.checkpoints import default_model_name, load_model  # noqa: E402
+from regcore.data import load_photo  # noqa: E402
 
 
 def _times(fn, repeats: int, warmup: int = 3) -> list[float]:
