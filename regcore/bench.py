@@ -331,7 +331,7 @@ def regcore_methods(
         return fn
 
     methods = []
-    for name, path in models.items():
+    for index, (name, path) in enumerate(models.items()):
         methods.append(Method(f"{name}:net", call("net", path, None), "regcore", description=f"register(method='net', model={name})"))
         methods.append(
             Method(
@@ -344,7 +344,7 @@ def regcore_methods(
             )
         )
         for steps in refine_steps:
-            default = " (the default method)" if steps == DEFAULT_REFINE_STEPS else ""
+            default = " (register()'s default when this is the default model)" if steps == DEFAULT_REFINE_STEPS and index == 0 else ""
             methods.append(
                 Method(
                     f"{name}:net+refine{steps}",
@@ -655,7 +655,7 @@ def _plot_accuracy(path: Path, summary: Sequence[dict], set_names: Sequence[str]
         ident = [r for r in summary if r["set"] == set_name and r["method"] == "identity"]
         if ident:
             ax.axhline(ident[0]["epe_mean"], color="tab:gray", ls="--", lw=0.8, label="identity (no registration)")
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="best")
         ax.set_xscale("log")
         ax.set_yscale("log")  # failures (tens of px) and sub-pixel results on one axis
         ax.set_xlabel("time per pair (s, log)")
