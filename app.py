@@ -45,6 +45,8 @@ EXAMPLES = [
     for name, label in (("camera", "camera"), ("coins", "coins"), ("astronaut_gamma", "astronaut, contrast changed"))
 ]
 MAX_FILE_SIZE = "10mb"
+#: A registration request that runs longer than this is stopped with a message (frees the worker).
+REQUEST_TIMEOUT_S = 120.0
 METHODS = [("network", "net"), ("network + refinement", "net+refine"), ("optimisation only", "optimize")]
 LEARN_SIZE = 128
 LEARN_PHOTOS = ("camera", "astronaut", "coins", "moon", "brick", "text", "chelsea", "coffee")
@@ -57,6 +59,21 @@ Give a **source** (the image to move) and a **target**; a UNet predicts a displa
 warps the source onto the target. Images: PNG, JPEG, TIFF, BMP, WebP; colour or gray (converted to
 gray); up to {mb} and {mp} megapixels; registered at up to 512 px on the longer side.
 The **Learn** tab shows how it works, **Compare** pits it against classical methods."""
+
+
+class UploadedImage(gr.Image):
+    """An image input that hands regcore the uploaded file itself.
+
+    ``gr.Image`` decodes uploads on its own first, so a corrupt, empty or oversized file failed there
+    with Gradio's generic "Could not preprocess input" message; regcore's loader gives the one-line
+    reason instead (and applies its pixel limit before decoding).
+    """
+
+    def preprocess(self, payload: gr.data_classes.FileData | None) -> str | None:
+        return None if payload is None else str(payload.path)
+
+    def get_block_name(self) -> str:
+        return "image"  # the browser draws it as the ordinary image input (it knows no "uploadedimage")
 
 
 @contextmanager
@@ -144,7 +161,15 @@ def register_pair(
         progress((done, total), desc=f"optimising the field (loss {loss:.4f})")
 
     with user_errors():
-        result = regcore.register(source, target, method=method, model=model or None, refine_steps=int(refine_steps), progress=report)
+        result = regcore.register(
+            source,
+            target,
+            method=method,
+            model=model or None,
+            refine_steps=int(refine_steps),
+            progress=report,
+            timeout_s=REQUEST_TIMEOUT_S,
+        )
     src, tgt, warped, flow = result.source, result.target, result.warped, result.flow
     out = _output_dir()
     files = result.save(out)
@@ -276,8 +301,8 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=2):
                         with gr.Row():
-                            source = gr.Image(label="Source (moving)", type="filepath", elem_id="source", height=260)
-                            target = gr.Image(label="Target (fixed)", type="filepath", elem_id="target", height=260)
+                            source = UploadedImage(label="Source (moving)", type="filepath", elem_id="source", height=260)
+                            target = UploadedImage(label="Target (fixed)", type="filepath", elem_id="target", height=260)
                         with gr.Row():
                             method = gr.Dropdown(METHODS, value=_default_method(), label="Method", elem_id="method")
                             model = gr.Dropdown(

@@ -138,6 +138,19 @@ def test_bad_input_gives_a_one_line_error(client, tmp_path):
         client.predict(gradio_client.handle_file(SOURCE), gradio_client.handle_file(TARGET), refine_steps=5000, api_name="/register")
 
 
+BAD_UPLOADS = [(b"", "empty"), (b"\x89PNG\r\n\x1a\n garbage", "corrupt or truncated"), (b"GIF89a", "not an image")]
+
+
+@pytest.mark.parametrize(("content", "message"), BAD_UPLOADS)
+def test_bad_uploads_reach_regcore_and_get_its_message(client, tmp_path, content, message):
+    # Without UploadedImage, gradio decoded the upload itself and answered "Could not preprocess input".
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    with pytest.raises(gradio_client.exceptions.AppError, match=message) as info:
+        client.predict(gradio_client.handle_file(bad), gradio_client.handle_file(TARGET), method="optimize", api_name="/register")
+    assert "\n" not in str(info.value) and "preprocess" not in str(info.value)
+
+
 def test_learn_endpoints_deform_then_walk_through(client):
     """The Learn tab: deform a photo by a known field and recover it, then the four steps on that pair."""
     source, target, comparison, text = client.predict("camera", 6, 4, 0, None, api_name="/deform")  # (the State output stays on the server)
