@@ -12,7 +12,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +22,9 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(ROOT))
 
 import regcore  # noqa: E402
+from regcore.bench import call_times  # noqa: E402
 from regcore.checkpoints import default_model_name, load_model  # noqa: E402
 from regcore.data import load_photo  # noqa: E402
-
-
-def _times(fn, repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def main() -> None:
@@ -56,9 +45,9 @@ def main() -> None:
         x = torch.from_numpy(load_photo("camera", size))[None, None]
         y = torch.roll(x, 2, dims=-1)
         with torch.inference_mode():
-            t = _times(lambda x=x, y=y: net(x, y), args.repeats)
+            t = call_times(lambda x=x, y=y: net(x, y), args.repeats, warmup=3)
         print(f"| network forward | {size}² | {1000 * statistics.median(t):.1f} | {1000 * np.percentile(t, 90):.1f} |")
-        t = _times(lambda x=x, y=y: regcore.register(x[0, 0].numpy(), y[0, 0].numpy(), method="optimize"), max(3, args.repeats // 10), 1)
+        t = call_times(lambda x=x, y=y: regcore.register(x[0, 0].numpy(), y[0, 0].numpy(), method="optimize"), max(3, args.repeats // 10))
         print(f"| register(method='optimize') | {size}² | {1000 * statistics.median(t):.1f} | {1000 * np.percentile(t, 90):.1f} |")
 
 

@@ -675,16 +675,21 @@ def _plot_accuracy(path: Path, summary: Sequence[dict], set_names: Sequence[str]
 # ---------------------------------------------------------------------------------------------
 
 
-def _time_calls(fn: Callable[[], object], repeats: int, warmup: bool) -> float:
-    """Median wall time of ``repeats`` calls of ``fn`` (after one untimed call if ``warmup``)."""
-    if warmup:
+def call_times(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall times in seconds of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(statistics.median(times))
+    return times
+
+
+def _time_calls(fn: Callable[[], object], repeats: int, warmup: bool) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (after one untimed call if ``warmup``)."""
+    return float(statistics.median(call_times(fn, repeats, int(warmup))))
 
 
 def growth_exponent(sides: Sequence[int], times: Sequence[float]) -> float:
