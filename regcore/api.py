@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,12 @@ from .checkpoints import default_model_name, load_model
 from .errors import RegcoreError
 from .inference import network_flow
 from .io import ImageLike, input_label, load_image, save_image
-from .losses import make_similarity
+from .losses import global_ncc, make_similarity
 from .metrics import image_scores, jacobian_determinant, jacobian_stats
 from .optimize import optimize_flow, pyramid_levels
 from .warp import resize_flow, warp
 
-__all__ = ["DEFAULT_REFINE_STEPS", "METHODS", "MIN_SIDE", "NET_MAX_SIDE", "RegistrationResult", "register"]
+__all__ = ["DEFAULT_REFINE_STEPS", "INVERTED_BELOW", "METHODS", "MIN_SIDE", "NET_MAX_SIDE", "POLARITIES", "RegistrationResult", "register"]
 
 METHODS = ("net", "net+refine", "optimize")
 #: Refinement steps of ``"net+refine"`` when ``refine_steps`` is not given.
@@ -38,6 +39,12 @@ DEFAULT_REG_WEIGHT = 1.0
 #: Smallest accepted side, in pixels: below this there is too little image to align (the local
 #: NCC window alone is 9 px) and the result would mean nothing.
 MIN_SIDE = 8
+#: ``polarity="auto"`` takes the target's contrast as inverted when the whole-image correlation of
+#: source and target is below this. Deformed pairs of one image correlate at about +0.5 to +0.9,
+#: inverted ones at about -0.5 to -0.9 and unrelated images near 0, so a small negative margin keeps
+#: noise from flipping unrelated pairs.
+INVERTED_BELOW = -0.1
+POLARITIES = ("auto", "keep")
 
 
 @dataclass
@@ -49,12 +56,14 @@ class RegistrationResult:
             ``warped[y, x] = source[y + flow[0, y, x], x + flow[1, y, x]]``.
         warped: ``(H, W)`` float32 in [0, 1], the source warped onto the target.
         source, target: the ``(H, W)`` float32 images as registered (target at the source's size).
-        method: ``"net"``, ``"net+refine"`` or ``"optimize"``.
+        method: ``"net"``, ``"net+refine"``, ``"optimize"`` (or another method's name).
         model: the checkpoint used, or None.
-        before, after: scores of (source, target) and of (warped, target): ``mse``, ``ncc``,
-            ``local_ncc``; ``after`` adds ``folding_percent`` and ``jacobian_min``.
-        time_s: wall time of the registration itself (loading excluded).
+        time_s: wall time of the registration itself (loading and scoring excluded).
         notes: what was done that the caller did not ask for (resizing, fallbacks), one line each.
+        before, after: scores of (source, target) and of (warped, target): ``mse``, ``ncc``,
+            ``local_ncc``; ``after`` adds ``folding_percent`` and ``jacobian_min``. Computed on
+            first use and then kept: scoring costs about as much as a network pass, and a caller
+            that only wants the field should not pay for it.
     """
 
     flow: np.ndarray
@@ -63,10 +72,16 @@ class RegistrationResult:
     target: np.ndarray
     method: str
     model: str | None
-    before: dict[str, float]
-    after: dict[str, float]
     time_s: float
     notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def before(self) -> dict[str, float]:
+        return image_scores(self.source, self.target)
+
+    @cached_property
+    def after(self) -> dict[str, float]:
+        return image_scores(self.warped, self.target) | jacobian_stats(self.flow)
 
     @property
     def mse(self) -> float:
@@ -135,7 +150,14 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def _check_arguments(
-    method: str | None, refine_steps: object, similarity: str, reg_weight: object, max_side: object, progress: object, timeout_s: object
+    method: str | None,
+    refine_steps: object,
+    similarity: str,
+    reg_weight: object,
+    max_side: object,
+    progress: object,
+    timeout_s: object,
+    polarity: object,
 ) -> None:
     """Refuse invalid arguments with one-line messages, before any work is done."""
     if method is not None and method not in METHODS:
@@ -155,6 +177,8 @@ def _check_arguments(
         raise RegcoreError(f"progress must be a function progress(done, total, loss), got {type(progress).__name__}")
     if timeout_s is not None and (not isinstance(timeout_s, numbers.Real) or not timeout_s > 0):
         raise RegcoreError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
+    if polarity not in POLARITIES:
+        raise RegcoreError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
 
 
 def _check_size(image: np.ndarray, label: str) -> None:
@@ -191,6 +215,7 @@ def register(
     max_side: int = NET_MAX_SIDE,
     progress: Callable[[int, int, float], None] | None = None,
     timeout_s: float | None = None,
+    polarity: str = "auto",
 ) -> RegistrationResult:
     """Register ``source`` to ``target``: find ``flow`` with ``warp(source, flow) ≈ target``.
 
@@ -217,6 +242,11 @@ def register(
         timeout_s: time budget in seconds for the registration (loading excluded); the
             optimisation is stopped with a RegcoreError once it is exceeded (checked after each
             step; the single network pass is not interrupted). None: no limit.
+        polarity: ``"auto"``: when source and target are negatively correlated as whole images
+            (below ``INVERTED_BELOW``), the target's contrast is taken as inverted and the field
+            is found against ``1 - target`` (a note says so; ``warped`` and the scores still use
+            the target as given). Signed local NCC, which the shipped models learned, reads an
+            inversion as a mismatch everywhere. ``"keep"``: never invert.
 
     Raises:
         ImageError: an input is not a usable image (unreadable, NaN, larger than
@@ -224,7 +254,7 @@ def register(
         RegcoreError: another invalid argument, a side under ``MIN_SIDE`` px, the time budget
             exceeded, or an optimisation that diverged.
     """
-    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s)
+    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s, polarity)
     notes: list[str] = []
     src = load_image(source, "source", notes=notes)
     tgt = load_image(target, "target", notes=notes)
@@ -255,6 +285,14 @@ def register(
     if work != size:
         notes.append(f"registered at {work[1]}x{work[0]} (longer side capped at {max_side}); the field was scaled back")
     src_w, tgt_w = _resize(src_t, work), _resize(tgt_t, work)
+    if polarity == "auto":
+        correlation = float(global_ncc(src_w, tgt_w)[0])
+        if correlation < INVERTED_BELOW:
+            tgt_w = 1.0 - tgt_w
+            notes.append(
+                f"source and target are anti-correlated ({correlation:.2f}): the target's contrast was taken as inverted"
+                " and the field found against its negative"
+            )
 
     flow = None
     if net is not None:
@@ -271,20 +309,13 @@ def register(
         warped = warp(src_t, flow).clamp_(0.0, 1.0)
     elapsed = time.perf_counter() - start
 
-    flow_np = flow[0].cpu().numpy().astype(np.float32)
-    warped_np = warped[0, 0].cpu().numpy().astype(np.float32)
-    tgt_np = tgt_t[0, 0].cpu().numpy().astype(np.float32)
-    after = image_scores(warped_np, tgt_np)
-    after.update(jacobian_stats(flow_np))
     return RegistrationResult(
-        flow=flow_np,
-        warped=warped_np,
+        flow=flow[0].cpu().numpy().astype(np.float32),
+        warped=warped[0, 0].cpu().numpy().astype(np.float32),
         source=src,
-        target=tgt_np,
+        target=tgt_t[0, 0].cpu().numpy().astype(np.float32),
         method=method,
         model=model_name if net is not None else None,
-        before=image_scores(src, tgt_np),
-        after=after,
         time_s=elapsed,
         notes=notes,
     )

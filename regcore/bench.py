@@ -318,8 +318,9 @@ def regcore_methods(
     """regcore's ``"net"`` and ``"net+refine"`` (one per step count) for each model, and ``"optimize"``.
 
     ``optimize_steps`` overrides the optimisation steps per pyramid level of ``"optimize"``.
-    Each calls :func:`regcore.register` as a user would (its time includes register()'s own
-    scoring of the result). ``max_side`` is lifted to the image size so nothing is resampled.
+    Each calls :func:`regcore.register` as a user would and takes its ``.flow``; register() scores
+    its result only when asked, so the time is the registration alone, as for the classical
+    methods. ``max_side`` is lifted to the image size so nothing is resampled.
     """
     from .api import DEFAULT_REFINE_STEPS, register
 

@@ -30,7 +30,7 @@ from .data import load_photo, make_batch, smooth_noise
 from .errors import RegcoreError
 from .io import ImageLike, load_image
 from .losses import NCC, Grad, local_ncc_map
-from .metrics import endpoint_error, folding_percent, image_scores, jacobian_determinant
+from .metrics import endpoint_error
 from .nets import RegNet
 from .training import LossConfig, compute_loss, lr_factor, make_losses
 from .warp import VecInt, warp
@@ -302,10 +302,7 @@ def compare_methods(
     flow = tvl1_flow(src, tgt)
     warped = warp(_t(src), torch.from_numpy(flow)[None])[0, 0].numpy()
     elapsed = time.perf_counter() - start
-    after = image_scores(warped, tgt)
-    after["folding_percent"] = folding_percent(flow)
-    after["jacobian_min"] = float(jacobian_determinant(flow).min())
-    results.append(RegistrationResult(flow, warped, src, tgt, "tvl1", None, dict(results[0].before), after, elapsed))
+    results.append(RegistrationResult(flow, warped, src, tgt, "tvl1", None, elapsed))
     for result in results:
         result.notes[:0] = notes
     return results

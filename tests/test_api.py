@@ -11,7 +11,7 @@ from PIL import Image
 
 import regcore
 from regcore.errors import ImageError, RegcoreError
-from regcore.metrics import endpoint_error
+from regcore.metrics import endpoint_error, image_scores, jacobian_stats
 from regcore.warp import warp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,33 @@ def test_result_follows_the_contract(photo, no_checkpoints):
     assert {"folding_percent", "jacobian_min"} <= set(result.after)
     again = warp(torch.from_numpy(result.source)[None, None], torch.from_numpy(result.flow)[None])[0, 0].numpy()
     assert np.allclose(again, result.warped, atol=1e-6)
+
+
+def test_scores_are_computed_on_first_use_and_match_the_images(photo, no_checkpoints):
+    target, _ = _shifted(photo, 1.0, -1.0)
+    result = regcore.register(photo, target, refine_steps=5)
+    assert "before" not in vars(result) and "after" not in vars(result)  # nothing scored yet
+    assert result.before == image_scores(photo, result.target)
+    assert result.after == image_scores(result.warped, result.target) | jacobian_stats(result.flow)
+    assert result.after is result.after  # kept once computed
+
+
+def test_inverted_contrast_is_detected_and_registered(photo, no_checkpoints):
+    target, true = _shifted(photo, 2.5, -1.5)
+    result = regcore.register(photo, 1.0 - target, method="optimize", refine_steps=80)
+    assert any("anti-correlated" in n for n in result.notes)
+    assert endpoint_error(result.flow, true, margin=12) < 0.1
+    assert result.after["ncc"] < -0.99  # the scores compare with the target as given
+    kept = regcore.register(photo, 1.0 - target, method="optimize", refine_steps=80, polarity="keep")
+    assert not any("anti-correlated" in n for n in kept.notes)
+    assert endpoint_error(kept.flow, true, margin=12) > 0.5
+    same = regcore.register(photo, target, refine_steps=2)
+    assert not any("anti-correlated" in n for n in same.notes)
+
+
+def test_unknown_polarity_is_refused(photo, no_checkpoints):
+    with pytest.raises(RegcoreError, match="polarity must be one of auto, keep"):
+        regcore.register(photo, photo, polarity="flip")
 
 
 def test_mismatched_sizes_resample_the_target(photo, no_checkpoints):
