@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import METHODS, register
+from .api import METHODS, POLARITIES, register
 from .errors import RegcoreError
 
 EXIT_BAD_INPUT = 2
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--refine-steps", type=int, default=None, help="optimisation steps")
     r.add_argument("--similarity", choices=["ncc", "ncc2", "gncc", "mse"], default="ncc", help="optimisation similarity")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    r.add_argument("--polarity", choices=POLARITIES, default="auto", help="auto: register an anti-correlated target as inverted contrast")
     w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels); write OUT")
     w.add_argument("image")
     w.add_argument("flow", type=Path)
@@ -47,6 +48,7 @@ def _register(args: argparse.Namespace) -> None:
         refine_steps=args.refine_steps,
         similarity=args.similarity,
         device=args.device,
+        polarity=args.polarity,
     )
     try:
         paths = result.save(args.out)

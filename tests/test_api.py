@@ -167,6 +167,17 @@ def test_cli_end_to_end(photo, tmp_path):
     assert np.abs(regcore.load_image(tmp_path / "w.png") - regcore.load_image(tmp_path / "out" / "warped.png")).max() <= 1 / 255 + 1e-6
 
 
+def test_cli_polarity_option(photo, tmp_path):
+    target, _ = _shifted(photo, 2.0, -1.0)
+    regcore.save_image(tmp_path / "a.png", photo)
+    regcore.save_image(tmp_path / "inv.png", 1.0 - target)
+    common = ("register", str(tmp_path / "a.png"), str(tmp_path / "inv.png"), "--refine-steps", "2")
+    auto = _cli(*common, "--out", str(tmp_path / "auto"))
+    assert auto.returncode == 0 and "anti-correlated" in auto.stderr
+    keep = _cli(*common, "--out", str(tmp_path / "keep"), "--polarity", "keep")
+    assert keep.returncode == 0 and "anti-correlated" not in keep.stderr
+
+
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
     run = _cli("register", str(tmp_path / "bad.png"), str(tmp_path / "bad.png"), "--out", str(tmp_path / "o"))
