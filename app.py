@@ -314,7 +314,7 @@ def build_demo() -> gr.Blocks:
                             value=DEFAULT_REFINE_STEPS,
                             step=5,
                             label="Optimisation steps",
-                            info="network + refinement: steps at full resolution; optimisation only: steps per pyramid level",
+                            info="steps per pyramid level: up to 3 levels from the network's field, or down to 16 px for optimisation only",
                         )
                         run = gr.Button("Register", variant="primary", elem_id="register-btn")
                         examples = gr.Examples(
