@@ -9,7 +9,8 @@ integration and resizing of the field stay in PyTorch, so any image size works.
 
 The ONNX export (a few seconds) happens once per model: the file is cached under
 ``$REGCORE_CACHE`` (default ``~/.cache/regcore``), keyed by a hash of the weights and
-architecture, and reused by later processes. ``REGCORE_ONNX=0`` turns the ONNX path off. Any
+architecture, and reused by later processes once it reproduces the PyTorch network on a seeded
+input (a cached file that does not is exported again). ``REGCORE_ONNX=0`` turns the ONNX path off. Any
 failure to export or load falls back to PyTorch, with a warning, never an error.
 """
 
@@ -70,10 +71,15 @@ def _fingerprint(net: RegNet) -> str:
     return digest.hexdigest()[:24]
 
 
-def _export(net: RegNet) -> bytes:
-    """The ONNX bytes of ``net.trunk`` with dynamic batch and size, from the cache when there."""
-    path = cache_dir() / f"regnet-trunk-{_fingerprint(net)}.onnx"
-    if path.is_file():
+def _cache_path(net: RegNet) -> Path:
+    return cache_dir() / f"regnet-trunk-{_fingerprint(net)}.onnx"
+
+
+def _export(net: RegNet, use_cache: bool = True) -> bytes:
+    """The ONNX bytes of ``net.trunk`` with dynamic batch and size, from the cache when there
+    (and ``use_cache``); a fresh export is written to the cache."""
+    path = _cache_path(net)
+    if use_cache and path.is_file():
         return path.read_bytes()
     example = torch.zeros(1, 2, net.multiple * 2, net.multiple * 2)
     buf = io.BytesIO()
@@ -100,6 +106,31 @@ def _export(net: RegNet) -> bytes:
     return data
 
 
+def _agrees(session, net: RegNet) -> bool:
+    """Whether ``session`` computes ``net.trunk`` on a seeded input (to 1e-3 of the largest output)."""
+    x = torch.rand(1, 2, net.multiple * 2, net.multiple * 2, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = net.trunk(x).numpy()
+    got = session.run(None, {"pair": x.numpy()})[0]
+    return got.shape == expected.shape and float(abs(got - expected).max()) <= 1e-3 * max(1.0, float(abs(expected).max()))
+
+
+def _verified_session(net: RegNet, options):
+    """An ONNX Runtime session for ``net``, checked against PyTorch. The cache is keyed by the
+    weights but anyone who can write to it could change the file, and a disk can corrupt it, so a
+    cached file that disagrees is replaced by a fresh export; a fresh one that disagrees is an error."""
+    import onnxruntime as ort
+
+    for use_cache in (True, False):
+        session = ort.InferenceSession(_export(net, use_cache), options, providers=["CPUExecutionProvider"])
+        if _agrees(session, net):
+            return session
+        if use_cache:
+            warnings.warn(f"cached ONNX file {_cache_path(net)} does not match the model's weights: exporting it again", stacklevel=3)
+            _cache_path(net).unlink(missing_ok=True)
+    raise RuntimeError("the ONNX export does not reproduce the PyTorch network")
+
+
 def onnx_session(net: RegNet, threads: int | None = None):
     """The ONNX Runtime session of ``net.trunk`` for ``threads`` intra-op threads (default torch's),
     created once per (model, thread count); None when unavailable or when it failed before."""
@@ -116,7 +147,7 @@ def onnx_session(net: RegNet, threads: int | None = None):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-            session = ort.InferenceSession(_export(net), options, providers=["CPUExecutionProvider"])
+            session = _verified_session(net, options)
         except Exception as err:  # any exporter/runtime problem: PyTorch still works
             warnings.warn(f"ONNX Runtime unavailable for this model, using PyTorch ({type(err).__name__}: {err})", stacklevel=2)
             _failed.add(net)

@@ -61,6 +61,26 @@ def test_onnx_runtime_path_matches_pytorch_at_any_size(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("regnet-trunk-*.onnx"))) == 1  # exported once, reused from disk
 
 
+def test_a_tampered_onnx_cache_file_is_replaced_not_used(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    monkeypatch.setenv("REGCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("REGCORE_ONNX", "1")
+    net, other = (RegNet(enc_features=(8, 8, 8), dec_features=(8, 8, 8), final_features=(8,)) for _ in range(2))
+    with torch.no_grad():
+        for seed, model in enumerate((net, other)):
+            model.flow.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(seed))
+    path = inference._cache_path(net)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(inference._export(other, use_cache=False))  # another network's graph under net's name
+    x, y = torch.rand(1, 1, 48, 48), torch.rand(1, 1, 48, 48)
+    with pytest.warns(UserWarning, match="does not match the model's weights"):
+        got = inference.network_flow(net, x, y)
+    with torch.inference_mode():
+        torch.testing.assert_close(got, net(x, y), atol=1e-4, rtol=1e-4)
+    assert path.read_bytes() == inference._export(net, use_cache=False)  # the cache now holds net's own export
+
+
 def test_onnx_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("REGCORE_ONNX", "0")
     monkeypatch.setenv("REGCORE_CACHE", str(tmp_path / "cache"))
