@@ -89,7 +89,7 @@ def register_breakdown(model: str, sides: Sequence[int] = (128, 256), rounds: in
         t = round_robin(
             {
                 "register(net)": lambda source=source, target=target: register(source, target, method="net", model=model),
-                "network forward": forward,
+                "network forward (eager PyTorch; register() uses ONNX Runtime when installed)": forward,
                 "scoring (result.before + .after, on first use)": scoring,
             },
             rounds,
