@@ -18,13 +18,14 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from unittest import mock
 
 import numpy as np
 import torch
 
 from .bench import EvalSet, build_pairs
 from .checkpoints import load_model
-from .inference import onnx_enabled, onnx_session
+from .inference import onnx_enabled, onnx_session, session_trunk
 
 __all__ = ["forward_variants", "profile_register", "register_before_after", "register_breakdown", "round_robin"]
 
@@ -53,15 +54,12 @@ def profile_register(model: str, side: int = 256, calls: int = 5, rows: int = 12
     from .api import register
 
     source, target = _pair(side)
-    saved = os.environ.get("REGCORE_ONNX")
-    os.environ["REGCORE_ONNX"] = "0"  # the PyTorch path: ONNX Runtime's work is invisible to the profiler
-    try:
+    # The PyTorch path: ONNX Runtime's work is invisible to the profiler.
+    with mock.patch.dict(os.environ, {"REGCORE_ONNX": "0"}):
         register(source, target, method="net", model=model)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(calls):
                 register(source, target, method="net", model=model)
-    finally:
-        os.environ.pop("REGCORE_ONNX") if saved is None else os.environ.__setitem__("REGCORE_ONNX", saved)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -111,45 +109,36 @@ def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds:
 
     from . import losses
     from .api import register
-    from .inference import onnx_enabled
 
     net = load_model(model)
     separable = losses.box_mean
-    onnx_env = os.environ.get("REGCORE_ONNX")
 
     def box_2d(x: torch.Tensor, win: int) -> torch.Tensor:
         return F.avg_pool2d(x, win, stride=1, padding=win // 2, count_include_pad=False)
 
     def configured(state: str, method: str, source: np.ndarray, target: np.ndarray) -> Callable[[], object]:
         def fn():
-            losses.box_mean = box_2d if state == "before" else separable
-            os.environ["REGCORE_ONNX"] = "1" if state == "onnx" else "0"
-            if state == "before":
-                net.to(memory_format=torch.contiguous_format)
-                net.to = lambda *a, **k: net  # keep register() from converting it
             try:
+                losses.box_mean = box_2d if state == "before" else separable
+                os.environ["REGCORE_ONNX"] = "1" if state == "onnx" else "0"
+                if state == "before":
+                    net.to(memory_format=torch.contiguous_format)
+                    net.to = lambda *a, **k: net  # keep register() from converting it
                 return register(source, target, method=method, model=model)
             finally:
                 losses.box_mean = separable
-                net.__dict__.pop("to", None)
+                net.__dict__.pop("to", None)  # the class method is back
 
         return fn
 
     states = ["before", "torch"] + (["onnx"] if onnx_enabled() else [])
     out = []
-    try:
+    with mock.patch.dict(os.environ):  # REGCORE_ONNX is restored afterwards
         for side in sides:
             source, target = _pair(side)
             fns = {(method, state): configured(state, method, source, target) for method in ("net", "net+refine") for state in states}
             for (method, state), t in round_robin(fns, rounds).items():
                 out.append({"size": side, "method": method, "state": state, "ms": 1000 * t})
-    finally:
-        losses.box_mean = separable
-        net.__dict__.pop("to", None)
-        if onnx_env is None:
-            os.environ.pop("REGCORE_ONNX", None)
-        else:
-            os.environ["REGCORE_ONNX"] = onnx_env
     return out
 
 
@@ -226,21 +215,15 @@ def forward_variants(
                     log(f"torch.compile unavailable: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
 
             if onnx_enabled():
-                with tempfile.TemporaryDirectory() as tmp:  # an empty cache: measure the export itself
-                    saved = os.environ.get("REGCORE_CACHE")
-                    os.environ["REGCORE_CACHE"] = tmp
-                    try:
-                        start = time.perf_counter()
-                        session = onnx_session(copy.deepcopy(net), n_threads)
-                        setup["onnxruntime"] = time.perf_counter() - start
-                    finally:
-                        os.environ.pop("REGCORE_CACHE") if saved is None else os.environ.__setitem__("REGCORE_CACHE", saved)
+                # An empty cache: measure the export itself.
+                with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"REGCORE_CACHE": tmp}):
+                    start = time.perf_counter()
+                    session = onnx_session(copy.deepcopy(net), n_threads)
+                    setup["onnxruntime"] = time.perf_counter() - start
                 if session is not None:
+                    onnx_trunk = session_trunk(session)
 
-                    def onnx_fn(x=x, y=y, session=session):
-                        def trunk(z: torch.Tensor) -> torch.Tensor:
-                            return torch.from_numpy(session.run(None, {"pair": z.contiguous().numpy()})[0])
-
+                    def onnx_fn(x=x, y=y, trunk=onnx_trunk):
                         with torch.inference_mode():
                             return net(x, y, trunk=trunk)
 

@@ -24,6 +24,7 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from .nets import RegNet
 
-__all__ = ["cache_dir", "network_flow", "onnx_enabled", "onnx_session"]
+__all__ = ["cache_dir", "network_flow", "onnx_enabled", "onnx_session", "session_trunk"]
 
 _sessions: weakref.WeakKeyDictionary[RegNet, dict[int, object]] = weakref.WeakKeyDictionary()
 _failed: weakref.WeakSet[RegNet] = weakref.WeakSet()
@@ -75,10 +76,9 @@ def _cache_path(net: RegNet) -> Path:
     return cache_dir() / f"regnet-trunk-{_fingerprint(net)}.onnx"
 
 
-def _export(net: RegNet, use_cache: bool = True) -> bytes:
-    """The ONNX bytes of ``net.trunk`` with dynamic batch and size, from the cache when there
-    (and ``use_cache``); a fresh export is written to the cache."""
-    path = _cache_path(net)
+def _export(net: RegNet, path: Path, use_cache: bool = True) -> bytes:
+    """The ONNX bytes of ``net.trunk`` with dynamic batch and size, read from the cache file
+    ``path`` when there (and ``use_cache``); a fresh export is written to ``path``."""
     if use_cache and path.is_file():
         return path.read_bytes()
     example = torch.zeros(1, 2, net.multiple * 2, net.multiple * 2)
@@ -106,13 +106,22 @@ def _export(net: RegNet, use_cache: bool = True) -> bytes:
     return data
 
 
+def session_trunk(session) -> Callable[[Tensor], Tensor]:
+    """An ONNX Runtime session of ``RegNet.trunk`` as a function to pass as ``RegNet.forward(..., trunk=)``."""
+
+    def trunk(x: Tensor) -> Tensor:
+        return torch.from_numpy(session.run(None, {"pair": x.detach().contiguous().numpy()})[0])
+
+    return trunk
+
+
 def _agrees(session, net: RegNet) -> bool:
     """Whether ``session`` computes ``net.trunk`` on a seeded input (to 1e-3 of the largest output)."""
     x = torch.rand(1, 2, net.multiple * 2, net.multiple * 2, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        expected = net.trunk(x).numpy()
-    got = session.run(None, {"pair": x.numpy()})[0]
-    return got.shape == expected.shape and float(abs(got - expected).max()) <= 1e-3 * max(1.0, float(abs(expected).max()))
+        expected = net.trunk(x)
+    got = session_trunk(session)(x)
+    return got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-3 * max(1.0, float(expected.abs().max()))
 
 
 def _verified_session(net: RegNet, options):
@@ -121,13 +130,14 @@ def _verified_session(net: RegNet, options):
     cached file that disagrees is replaced by a fresh export; a fresh one that disagrees is an error."""
     import onnxruntime as ort
 
+    path = _cache_path(net)
     for use_cache in (True, False):
-        session = ort.InferenceSession(_export(net, use_cache), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(_export(net, path, use_cache), options, providers=["CPUExecutionProvider"])
         if _agrees(session, net):
             return session
         if use_cache:
-            warnings.warn(f"cached ONNX file {_cache_path(net)} does not match the model's weights: exporting it again", stacklevel=3)
-            _cache_path(net).unlink(missing_ok=True)
+            warnings.warn(f"cached ONNX file {path} does not match the model's weights: exporting it again", stacklevel=3)
+            path.unlink(missing_ok=True)
     raise RuntimeError("the ONNX export does not reproduce the PyTorch network")
 
 
@@ -164,12 +174,8 @@ def network_flow(net: RegNet, source: Tensor, target: Tensor) -> Tensor:
     """
     session = onnx_session(net) if source.device.type == "cpu" else None
     if session is not None:
-
-        def trunk(x: Tensor) -> Tensor:
-            return torch.from_numpy(session.run(None, {"pair": x.detach().contiguous().numpy()})[0])
-
         with torch.inference_mode():
-            return net(source, target, trunk=trunk).clone(memory_format=torch.contiguous_format)
+            return net(source, target, trunk=session_trunk(session)).clone(memory_format=torch.contiguous_format)
     if source.device.type == "cpu":
         # Converted in place, outside inference mode (the weights stay trainable), once per cached model.
         net.to(memory_format=torch.channels_last)

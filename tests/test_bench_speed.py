@@ -72,13 +72,13 @@ def test_a_tampered_onnx_cache_file_is_replaced_not_used(tmp_path, monkeypatch):
             model.flow.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(seed))
     path = inference._cache_path(net)
     path.parent.mkdir(parents=True)
-    path.write_bytes(inference._export(other, use_cache=False))  # another network's graph under net's name
+    path.write_bytes(inference._export(other, tmp_path / "other.onnx"))  # another network's graph under net's name
     x, y = torch.rand(1, 1, 48, 48), torch.rand(1, 1, 48, 48)
     with pytest.warns(UserWarning, match="does not match the model's weights"):
         got = inference.network_flow(net, x, y)
     with torch.inference_mode():
         torch.testing.assert_close(got, net(x, y), atol=1e-4, rtol=1e-4)
-    assert path.read_bytes() == inference._export(net, use_cache=False)  # the cache now holds net's own export
+    assert path.read_bytes() == inference._export(net, tmp_path / "fresh.onnx", use_cache=False)  # the cache now holds net's own export
 
 
 def test_onnx_can_be_turned_off(tmp_path, monkeypatch):
