@@ -111,7 +111,7 @@ def _image_trace(image: np.ndarray, opacity: float = 1.0) -> go.Image:
     """An image as a plotly trace whose pixel (r, c) is centred at (x=c, y=r), even when downsampled for display."""
     h, w = image.shape[:2]
     uri, (shown_h, shown_w) = _image_uri(image)
-    # A downsampled PNG's pixels are bigger in data units, so the image still covers [-0.5, size - 0.5].
+    # A downsampled backdrop's pixels are bigger in data units, so the image still covers [-0.5, size - 0.5].
     dx, dy = w / shown_w, h / shown_h
     return go.Image(source=uri, x0=-0.5 + dx / 2, dx=dx, y0=-0.5 + dy / 2, dy=dy, hoverinfo="skip", opacity=opacity)
 
