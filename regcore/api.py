@@ -22,6 +22,7 @@ from .inference import network_flow
 from .io import ImageLike, input_label, load_image, save_image
 from .losses import global_ncc, make_similarity
 from .metrics import image_scores, jacobian_determinant, jacobian_stats
+from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, presmooth
 from .optimize import optimize_flow, pyramid_levels
 from .warp import resize_flow, warp
 
@@ -32,6 +33,7 @@ __all__ = [
     "MIN_SIDE",
     "NET_MAX_SIDE",
     "POLARITIES",
+    "PRESMOOTH_MODES",
     "REFINE_LEVELS",
     "RegistrationResult",
     "register",
@@ -61,6 +63,8 @@ MIN_SIDE = 8
 #: noise from flipping unrelated pairs.
 INVERTED_BELOW = -0.1
 POLARITIES = ("auto", "keep")
+#: ``presmooth``: "auto" smooths for the optimisation only when the images look noisy (regcore.noise).
+PRESMOOTH_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -174,6 +178,7 @@ def _check_arguments(
     progress: object,
     timeout_s: object,
     polarity: object,
+    presmooth_mode: object,
 ) -> None:
     """Refuse invalid arguments with one-line messages, before any work is done."""
     if method is not None and method not in METHODS:
@@ -195,6 +200,8 @@ def _check_arguments(
         raise RegcoreError(f"timeout_s must be a number of seconds > 0, got {timeout_s!r}")
     if polarity not in POLARITIES:
         raise RegcoreError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    if presmooth_mode not in PRESMOOTH_MODES:
+        raise RegcoreError(f"presmooth must be one of {', '.join(PRESMOOTH_MODES)}, got {presmooth_mode!r}")
 
 
 def _check_size(image: np.ndarray, label: str) -> None:
@@ -218,6 +225,21 @@ def _with_deadline(
     return check
 
 
+def _for_optimisation(source: torch.Tensor, target: torch.Tensor, mode: str, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The images the optimisation compares, and its extra options (see ``presmooth`` in :func:`register`)."""
+    if mode == "off":
+        return source, target, {}
+    if mode == "auto":
+        noise = max(noise_std(source), noise_std(target))
+        if noise <= NOISY_ABOVE:
+            return source, target, {}
+        notes.append(
+            f"the images look noisy (estimated noise std {noise:.3f}): the optimisation compared them smoothed"
+            f" (Gaussian {SMOOTH_SIGMA:g} px, NCC window {SMOOTH_WIN}) so that the field does not fit the noise"
+        )
+    return presmooth(source), presmooth(target), {"win": SMOOTH_WIN}
+
+
 def register(
     source: ImageLike,
     target: ImageLike,
@@ -232,6 +254,7 @@ def register(
     progress: Callable[[int, int, float], None] | None = None,
     timeout_s: float | None = None,
     polarity: str = "auto",
+    presmooth: str = "auto",
 ) -> RegistrationResult:
     """Register ``source`` to ``target``: find ``flow`` with ``warp(source, flow) ≈ target``.
 
@@ -264,6 +287,12 @@ def register(
             is found against ``1 - target`` (a note says so; ``warped`` and the scores still use
             the target as given). Signed local NCC, which the shipped models learned, reads an
             inversion as a mismatch everywhere. ``"keep"``: never invert.
+        presmooth: what the optimisation (``"net+refine"``, ``"optimize"``) compares. ``"auto"``:
+            when :func:`regcore.noise.noise_std` finds noise above ``NOISY_ABOVE`` in either
+            image, both are smoothed (Gaussian, ``SMOOTH_SIGMA`` px) and compared over a wider
+            window (``SMOOTH_WIN``), which keeps the field from fitting the noise (a note says
+            so); clean images are compared as they are. ``"on"`` / ``"off"``: always / never.
+            ``warped`` and the scores always use the images as given.
 
     Raises:
         ImageError: an input is not a usable image (unreadable, NaN, larger than
@@ -271,7 +300,7 @@ def register(
         RegcoreError: another invalid argument, a side under ``MIN_SIDE`` px, the time budget
             exceeded, or an optimisation that diverged.
     """
-    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s, polarity)
+    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s, polarity, presmooth)
     notes: list[str] = []
     src = load_image(source, "source", notes=notes)
     tgt = load_image(target, "target", notes=notes)
@@ -317,9 +346,10 @@ def register(
     if method != "net":
         steps = refine_steps if refine_steps is not None else (DEFAULT_REFINE_STEPS if net is not None else DEFAULT_OPTIMIZE_STEPS)
         levels = min(REFINE_LEVELS, pyramid_levels(work)) if net is not None else pyramid_levels(work)
+        src_o, tgt_o, options = _for_optimisation(src_w, tgt_w, presmooth, notes)
         with torch.enable_grad():
             callback = _with_deadline(progress, timeout_s, start)
-            flow = optimize_flow(src_w, tgt_w, flow, steps, levels, similarity, float(reg_weight), callback=callback)
+            flow = optimize_flow(src_o, tgt_o, flow, steps, levels, similarity, float(reg_weight), callback=callback, **options)
     flow = resize_flow(flow, size)
     with torch.inference_mode():
         # Bilinear weights can sum to 1 + 1 ulp in float32: clamp to keep the [0, 1] contract.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import METHODS, POLARITIES, register
+from .api import METHODS, POLARITIES, PRESMOOTH_MODES, register
 from .errors import RegcoreError
 
 EXIT_BAD_INPUT = 2
@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--similarity", choices=["ncc", "ncc2", "gncc", "mse"], default="ncc", help="optimisation similarity")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     r.add_argument("--polarity", choices=POLARITIES, default="auto", help="auto: register an anti-correlated target as inverted contrast")
+    r.add_argument(
+        "--presmooth", choices=PRESMOOTH_MODES, default="auto", help="auto: the optimisation compares smoothed images when they look noisy"
+    )
     w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels); write OUT")
     w.add_argument("image")
     w.add_argument("flow", type=Path)
@@ -49,6 +52,7 @@ def _register(args: argparse.Namespace) -> None:
         similarity=args.similarity,
         device=args.device,
         polarity=args.polarity,
+        presmooth=args.presmooth,
     )
     try:
         paths = result.save(args.out)

@@ -30,6 +30,7 @@ from .warp import VecInt, warp
 __all__ = [
     "PHOTO_NAMES",
     "Batch",
+    "gaussian_blur",
     "label_images",
     "load_photo",
     "make_batch",
@@ -58,13 +59,13 @@ def smooth_noise(n: int, channels: int, size: tuple[int, int], cells: int, g: to
     return up[..., oy : oy + h, ox : ox + w]
 
 
-def _gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     """Blur each image of ``(n, 1, H, W)`` with its own Gaussian ``sigma`` (pixels, shape ``(n,)``)."""
     radius = math.ceil(3 * float(sigma.max())) if len(sigma) else 0
     if radius == 0:
         return x
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t[None] / sigma.to(x.device).clamp_min(1e-3)[:, None]) ** 2)
     k = (k / k.sum(dim=1, keepdim=True))[:, None, None, :]  # (n, 1, 1, K)
     n = x.shape[0]
     x = F.pad(x, (radius, radius, radius, radius), mode="replicate").transpose(0, 1)  # (1, n, H, W)
@@ -97,7 +98,7 @@ def label_images(n: int, size: tuple[int, int], g: torch.Generator) -> Tensor:
     label_map = scores.argmax(dim=1, keepdim=True)
     intensities = torch.rand(n, labels, generator=g)
     image = torch.gather(intensities, 1, label_map.flatten(1)).view(n, 1, *size)
-    return intensity_augment(_gaussian_blur(image, _uniform(n, 0.0, 1.5, g)), g)
+    return intensity_augment(gaussian_blur(image, _uniform(n, 0.0, 1.5, g)), g)
 
 
 def texture_images(n: int, size: tuple[int, int], g: torch.Generator) -> Tensor:

@@ -167,7 +167,7 @@ def test_cli_end_to_end(photo, tmp_path):
     assert np.abs(regcore.load_image(tmp_path / "w.png") - regcore.load_image(tmp_path / "out" / "warped.png")).max() <= 1 / 255 + 1e-6
 
 
-def test_cli_polarity_option(photo, tmp_path):
+def test_cli_polarity_and_presmooth_options(photo, tmp_path):
     target, _ = _shifted(photo, 2.0, -1.0)
     regcore.save_image(tmp_path / "a.png", photo)
     regcore.save_image(tmp_path / "inv.png", 1.0 - target)
@@ -176,6 +176,14 @@ def test_cli_polarity_option(photo, tmp_path):
     assert auto.returncode == 0 and "anti-correlated" in auto.stderr
     keep = _cli(*common, "--out", str(tmp_path / "keep"), "--polarity", "keep")
     assert keep.returncode == 0 and "anti-correlated" not in keep.stderr
+
+    noisy = np.clip(target + np.random.default_rng(0).normal(0, 0.05, target.shape), 0, 1)
+    regcore.save_image(tmp_path / "noisy.png", noisy)
+    noisy_pair = ("register", str(tmp_path / "a.png"), str(tmp_path / "noisy.png"), "--refine-steps", "2")
+    smoothed = _cli(*noisy_pair, "--out", str(tmp_path / "smoothed"))
+    assert smoothed.returncode == 0 and "look noisy" in smoothed.stderr
+    plain = _cli(*noisy_pair, "--out", str(tmp_path / "plain"), "--presmooth", "off")
+    assert plain.returncode == 0 and "look noisy" not in plain.stderr
 
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
