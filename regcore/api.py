@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import default_model_name, load_model
+from .checkpoints import available_models, load_model
 from .errors import RegcoreError
 from .inference import network_flow
 from .io import ImageLike, input_label, load_image, save_image
@@ -24,6 +24,7 @@ from .losses import global_ncc, make_similarity
 from .metrics import image_scores, jacobian_determinant, jacobian_stats
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, presmooth
 from .optimize import optimize_flow, pyramid_levels
+from .polish import lucas_kanade_step
 from .warp import resize_flow, warp
 
 __all__ = [
@@ -179,6 +180,7 @@ def _check_arguments(
     timeout_s: object,
     polarity: object,
     presmooth_mode: object,
+    polish: object,
 ) -> None:
     """Refuse invalid arguments with one-line messages, before any work is done."""
     if method is not None and method not in METHODS:
@@ -202,6 +204,8 @@ def _check_arguments(
         raise RegcoreError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     if presmooth_mode not in PRESMOOTH_MODES:
         raise RegcoreError(f"presmooth must be one of {', '.join(PRESMOOTH_MODES)}, got {presmooth_mode!r}")
+    if not isinstance(polish, bool):
+        raise RegcoreError(f"polish must be True or False, got {polish!r}")
 
 
 def _check_size(image: np.ndarray, label: str) -> None:
@@ -255,6 +259,7 @@ def register(
     timeout_s: float | None = None,
     polarity: str = "auto",
     presmooth: str = "auto",
+    polish: bool = True,
 ) -> RegistrationResult:
     """Register ``source`` to ``target``: find ``flow`` with ``warp(source, flow) ≈ target``.
 
@@ -287,6 +292,10 @@ def register(
             is found against ``1 - target`` (a note says so; ``warped`` and the scores still use
             the target as given). Signed local NCC, which the shipped models learned, reads an
             inversion as a mismatch everywhere. ``"keep"``: never invert.
+        polish: ``"net"`` only: follow the network's pass with one Lucas–Kanade step on locally
+            normalised images (:mod:`regcore.polish`; about a millisecond at 128²), which roughly
+            halves the network's error on textured images. False: the network's field as it is.
+            (``"net+refine"`` does not use it: its optimisation does the same job and more.)
         presmooth: what the optimisation (``"net+refine"``, ``"optimize"``) compares. ``"auto"``:
             when :func:`regcore.noise.noise_std` finds noise above ``NOISY_ABOVE`` in either
             image, both are smoothed (Gaussian, ``SMOOTH_SIGMA`` px) and compared over a wider
@@ -300,21 +309,22 @@ def register(
         RegcoreError: another invalid argument, a side under ``MIN_SIDE`` px, the time budget
             exceeded, or an optimisation that diverged.
     """
-    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s, polarity, presmooth)
+    _check_arguments(method, refine_steps, similarity, reg_weight, max_side, progress, timeout_s, polarity, presmooth, polish)
     notes: list[str] = []
     src = load_image(source, "source", notes=notes)
     tgt = load_image(target, "target", notes=notes)
     _check_size(src, input_label(source, "source"))
     _check_size(tgt, input_label(target, "target"))
     dev = _device(device)
-    model_name = str(model) if model is not None else default_model_name()
+    shipped = available_models() if model is None else {}  # scanned once: load_model gets the folder
+    model_name = str(model) if model is not None else next(iter(shipped), None)
     if method is None:
         method = "net+refine" if model_name is not None else "optimize"
         if model_name is None:
             notes.append("no trained checkpoint found: used optimisation only (method 'optimize')")
     elif method != "optimize" and model_name is None:
         raise RegcoreError(f"method {method!r} needs a trained checkpoint, and none was found or given")
-    net = load_model(model_name, dev) if method != "optimize" else None
+    net = load_model(shipped.get(model_name, model_name), dev) if method != "optimize" else None
 
     size = src.shape
     if tgt.shape != size:
@@ -343,6 +353,9 @@ def register(
     flow = None
     if net is not None:
         flow = network_flow(net, src_w, tgt_w)  # ONNX Runtime or channels-last on CPU (regcore/inference.py)
+        if polish and method == "net":
+            with torch.inference_mode():
+                flow = lucas_kanade_step(src_w, tgt_w, flow)
     if method != "net":
         steps = refine_steps if refine_steps is not None else (DEFAULT_REFINE_STEPS if net is not None else DEFAULT_OPTIMIZE_STEPS)
         levels = min(REFINE_LEVELS, pyramid_levels(work)) if net is not None else pyramid_levels(work)

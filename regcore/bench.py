@@ -324,16 +324,31 @@ def regcore_methods(
     """
     from .api import DEFAULT_REFINE_STEPS, register
 
-    def call(method: str, model: str | os.PathLike | None, steps: int | None, half: bool = False) -> FlowFn:
+    def call(method: str, model: str | os.PathLike | None, steps: int | None, half: bool = False, polish: bool = True) -> FlowFn:
         def fn(source: np.ndarray, target: np.ndarray) -> np.ndarray:
             side = max(source.shape) // 2 if half else max(source.shape)
-            return register(source, target, method=method, model=model, refine_steps=steps, max_side=side).flow
+            return register(source, target, method=method, model=model, refine_steps=steps, max_side=side, polish=polish).flow
 
         return fn
 
     methods = []
     for index, (name, path) in enumerate(models.items()):
-        methods.append(Method(f"{name}:net", call("net", path, None), "regcore", description=f"register(method='net', model={name})"))
+        methods.append(
+            Method(
+                f"{name}:net",
+                call("net", path, None),
+                "regcore",
+                description=f"register(method='net', model={name}): network + Lucas–Kanade polish",
+            )
+        )
+        methods.append(
+            Method(
+                f"{name}:net-raw",
+                call("net", path, None, polish=False),
+                "regcore",
+                description=f"register(method='net', model={name}, polish=False): the network's field alone",
+            )
+        )
         methods.append(
             Method(
                 f"{name}:net@half",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from regcore.losses import MSE, NCC, BendingEnergy, GlobalNCC, Grad, global_ncc, local_ncc_map, make_similarity
+from regcore.losses import MSE, NCC, BendingEnergy, GlobalNCC, Grad, box_mean, global_ncc, local_ncc_map, make_similarity
 from regcore.metrics import dice, endpoint_error, folding_percent, jacobian_determinant, local_ncc, mse, ncc
 
 
@@ -84,3 +84,13 @@ def test_endpoint_error_and_dice_and_mse():
     m[:5] = True
     assert dice(m, m) == 1.0 and dice(m, ~m) == 0.0
     assert mse(np.zeros((3, 3)), np.ones((3, 3))) == 1.0
+
+
+def test_box_mean_works_with_autograd_after_inference_mode():
+    # box_mean caches its window counts; one first made in inference mode must not poison autograd.
+    x = torch.rand(1, 1, 23, 17)
+    with torch.inference_mode():
+        box_mean(x, 5)
+    y = x.clone().requires_grad_()
+    box_mean(y, 5).sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()

@@ -1,0 +1,70 @@
+"""The Lucas–Kanade polish of the network's field (regcore.polish)."""
+
+import numpy as np
+import pytest
+import torch
+
+import regcore
+from regcore.data import load_photo, photo_pairs
+from regcore.errors import RegcoreError
+from regcore.losses import box_mean
+from regcore.metrics import endpoint_error
+from regcore.polish import local_normalise, lucas_kanade_step
+from regcore.warp import warp
+
+
+def _shift_pair(dy: float, dx: float, size: int = 96) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    source = torch.from_numpy(load_photo("camera", size))[None, None]
+    true = torch.zeros(1, 2, size, size)
+    true[:, 0], true[:, 1] = dy, dx
+    return source, warp(source, true), true[0].numpy()
+
+
+@pytest.mark.parametrize("shift", [(0.4, -0.3), (-0.7, 0.5)])
+def test_one_step_from_zero_cuts_a_subpixel_shift_error_by_more_than_half(shift):
+    source, target, true = _shift_pair(*shift)
+    flow = lucas_kanade_step(source, target, torch.zeros(1, 2, *source.shape[-2:]))
+    before = endpoint_error(np.zeros_like(true), true, margin=12)
+    assert endpoint_error(flow[0].numpy(), true, margin=12) < 0.5 * before
+
+
+def test_a_contrast_change_is_not_taken_for_motion():
+    source, target, true = _shift_pair(0.4, -0.3)
+    zero = torch.zeros(1, 2, *source.shape[-2:])
+    same = lucas_kanade_step(source, target, zero)
+    changed = lucas_kanade_step(source, (0.5 * target + 0.3) ** 1.5, zero)
+    assert endpoint_error(changed[0].numpy(), true, margin=12) < 0.5 * endpoint_error(zero[0].numpy(), true, margin=12)
+    assert endpoint_error(changed[0].numpy(), same[0].numpy(), margin=12) < 0.1
+
+
+def test_flat_images_do_not_move_the_field():
+    flat = torch.full((1, 1, 32, 32), 0.5)
+    flow = torch.full((1, 2, 32, 32), 0.25)
+    assert torch.equal(lucas_kanade_step(flat, flat, flow), flow)
+
+
+def test_local_normalise_standardises_each_window_and_ignores_gain_and_offset():
+    image = torch.from_numpy(load_photo("camera", 64))[None, None]
+    out = local_normalise(image, win=11)
+    window = image[0, 0, 27:38, 27:38].double()  # the 11 x 11 window around pixel (32, 32)
+    expected = (image[0, 0, 32, 32] - window.mean()) / (window.var(unbiased=False) + 1e-4).sqrt()
+    assert float(out[0, 0, 32, 32]) == pytest.approx(float(expected), rel=1e-4)
+    mean, mean_sq = box_mean(torch.cat((image, image * image), dim=1), 11).split(1, dim=1)
+    textured = mean_sq - mean * mean > 0.01  # local std > 0.1, where eps = 1e-4 is negligible even at half the gain
+    assert textured.float().mean() > 0.1
+    torch.testing.assert_close(local_normalise(0.5 * image + 0.3, win=11)[textured], out[textured], atol=0.03, rtol=0.03)
+
+
+def test_register_net_is_polished_by_default_and_better_for_it():
+    pairs = photo_pairs(128, 8.0, seed=41, names=("camera", "brick", "coffee"))
+    polished, raw = [], []
+    for i in range(3):
+        source, target, true = pairs.source[i, 0].numpy(), pairs.target[i, 0].numpy(), pairs.flow[i].numpy()
+        polished.append(endpoint_error(regcore.register(source, target, method="net").flow, true, 13))
+        raw.append(endpoint_error(regcore.register(source, target, method="net", polish=False).flow, true, 13))
+    assert np.mean(polished) < 0.8 * np.mean(raw)
+
+
+def test_polish_must_be_a_bool(photo):
+    with pytest.raises(RegcoreError, match="polish must be True or False"):
+        regcore.register(photo, photo, method="net", polish="yes")
