@@ -70,7 +70,7 @@ def _speedups(out: Path, model: str, header: str, threads: int) -> None:
     parts += [
         "",
         "## kept in regcore: register() before / after, same process, alternating (median ms)\n",
-        "before: PyTorch, default memory format, 2-D box filter in local NCC; torch: channels-last weights, separable box filter;",
+        "before: PyTorch, default memory format, 2-D box filter in local NCC; torch: channels-last weights, strided-view window sums;",
         "onnx: the same with the network's UNet run by ONNX Runtime (the default when onnxruntime and onnx are installed).\n",
         "| size | method | state | ms |",
         "|---|---|---|---|",

@@ -101,7 +101,7 @@ def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds:
 
     Three states, alternating in this process: "before" (contiguous-format weights, PyTorch,
     2-D ``avg_pool2d`` box mean in local NCC: the code before the speed-ups), "torch" (channels-
-    last weights, :func:`regcore.losses.box_mean` in two 1-D passes, ``REGCORE_ONNX=0``) and
+    last weights, :func:`regcore.losses.box_mean` as it is now (window sums of strided views), ``REGCORE_ONNX=0``) and
     "onnx" (the same with ONNX Runtime for the network, when installed: the default).
     """
 
@@ -111,7 +111,7 @@ def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds:
     from .api import register
 
     net = load_model(model)
-    separable = losses.box_mean
+    current = losses.box_mean
 
     def box_2d(x: torch.Tensor, win: int) -> torch.Tensor:
         return F.avg_pool2d(x, win, stride=1, padding=win // 2, count_include_pad=False)
@@ -119,14 +119,14 @@ def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds:
     def configured(state: str, method: str, source: np.ndarray, target: np.ndarray) -> Callable[[], object]:
         def fn():
             try:
-                losses.box_mean = box_2d if state == "before" else separable
+                losses.box_mean = box_2d if state == "before" else current
                 os.environ["REGCORE_ONNX"] = "1" if state == "onnx" else "0"
                 if state == "before":
                     net.to(memory_format=torch.contiguous_format)
                     net.to = lambda *a, **k: net  # keep register() from converting it
                 return register(source, target, method=method, model=model)
             finally:
-                losses.box_mean = separable
+                losses.box_mean = current
                 net.__dict__.pop("to", None)  # the class method is back
 
         return fn

@@ -35,19 +35,16 @@ def _window_counts(n: int, win: int, device: torch.device) -> Tensor:
 def box_mean(x: Tensor, win: int) -> Tensor:
     """Mean over the ``win × win`` window around each pixel of ``(N, C, H, W)``; windows cropped at the border.
 
-    Window sums are differences of running sums, one axis at a time, so the cost does not grow
-    with ``win``: 2-4× faster than ``avg_pool2d`` on CPU, forward and backward (measured at 128²
-    and 256²; ``benchmarks/results/speedups.md``). The running sums are float64: in float32 a
-    sum over a 512-px row or column loses the last digits of the small window differences that
-    local variances are made of. A border window's mean is over the ``rows × cols`` pixels it covers.
+    One axis at a time, each window's ``win`` values summed from a strided view of the zero-padded
+    input (``unfold``): measured on CPU, about 3× faster than ``avg_pool2d`` forward, and
+    ``register()``'s default refinement, forward and backward, 1.5-1.7× faster (313 -> 208 ms at
+    128², 963 -> 565 ms at 256²). A border window's mean is over the ``rows × cols`` pixels it covers.
     """
     p = win // 2
     h, w = x.shape[-2:]
-    run = F.pad(x.to(torch.float64), (p + 1, p)).cumsum(-1)
-    rows = run[..., win:] - run[..., :-win]
-    run = F.pad(rows, (0, 0, p + 1, p)).cumsum(-2)
-    sums = run[..., win:, :] - run[..., :-win, :]
-    return (sums / _window_counts(h, win, x.device)[:, None] / _window_counts(w, win, x.device)).to(x.dtype)
+    rows = F.pad(x, (p, p)).unfold(-1, win, 1).sum(-1)
+    sums = F.pad(rows, (0, 0, p, p)).unfold(-2, win, 1).sum(-1)
+    return sums / _window_counts(h, win, x.device)[:, None].to(x.dtype) / _window_counts(w, win, x.device).to(x.dtype)
 
 
 def local_ncc_map(a: Tensor, b: Tensor, win: int = 9, squared: bool = False) -> Tensor:
