@@ -53,8 +53,8 @@ DEFAULT_REFINE_STEPS = 30
 REFINE_LEVELS = 3
 #: From this shorter side (px) on, ``method="net"`` (polished) runs the network at half resolution
 #: and polishes at full resolution with two Lucas–Kanade steps instead of one: on 256² tuning
-#: photographs as accurate as the full-resolution pass + one step (0.25 px) in 30% less time. At 128²
-#: the half-resolution network is too coarse (0.57 vs 0.42 px), so smaller images use the full one.
+#: photographs 0.19 px in 17 ms, against 0.23 px in 22 ms for the full-resolution pass + one step.
+#: At 128² the half-resolution network is too coarse, so smaller images use the full one.
 HALF_NET_FROM = 256
 #: Optimisation steps per pyramid level of ``"optimize"`` when ``refine_steps`` is not given.
 DEFAULT_OPTIMIZE_STEPS = 100
