@@ -333,32 +333,21 @@ def regcore_methods(
 
     methods = []
     for index, (name, path) in enumerate(models.items()):
-        methods.append(
-            Method(
-                f"{name}:net",
-                call("net", path, None),
-                "regcore",
-                description=f"register(method='net', model={name}): network + Lucas–Kanade polish",
-            )
+        net_variants = (  # (name suffix, register() options, slow, what the description adds)
+            ("net", {}, False, "): network + Lucas–Kanade polish"),
+            ("net-raw", {"polish": False}, False, ", polish=False): the network's field alone"),
+            ("net@half", {"half": True}, True, ", max_side=side // 2): the pair at half resolution, field upsampled (speed vs accuracy)"),
         )
-        methods.append(
-            Method(
-                f"{name}:net-raw",
-                call("net", path, None, polish=False),
-                "regcore",
-                description=f"register(method='net', model={name}, polish=False): the network's field alone",
+        for suffix, options, slow, what in net_variants:
+            methods.append(
+                Method(
+                    f"{name}:{suffix}",
+                    call("net", path, None, **options),
+                    "regcore",
+                    slow=slow,
+                    description=f"register(method='net', model={name}{what}",
+                )
             )
-        )
-        methods.append(
-            Method(
-                f"{name}:net@half",
-                call("net", path, None, half=True),
-                "regcore",
-                slow=True,
-                description=f"register(method='net', model={name}, max_side=side // 2): the network on the pair at half "
-                "resolution, field upsampled (speed vs accuracy)",
-            )
-        )
         for steps in refine_steps:
             default = " (register()'s default when this is the default model)" if steps == DEFAULT_REFINE_STEPS and index == 0 else ""
             methods.append(
