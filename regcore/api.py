@@ -23,7 +23,7 @@ from .io import ImageLike, input_label, load_image, save_image
 from .losses import global_ncc, make_similarity
 from .metrics import image_scores, jacobian_determinant, jacobian_stats
 from .nets import RegNet
-from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, presmooth
+from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
 from .polish import lucas_kanade_step
 from .warp import resize_flow, warp
@@ -248,21 +248,19 @@ def _for_optimisation(source: torch.Tensor, target: torch.Tensor, mode: str, not
             f"the images look noisy (estimated noise std {noise:.3f}): the optimisation compared them smoothed"
             f" (Gaussian {SMOOTH_SIGMA:g} px, NCC window {SMOOTH_WIN}) so that the field does not fit the noise"
         )
-    return presmooth(source), presmooth(target), {"win": SMOOTH_WIN}
+    return smooth_image(source), smooth_image(target), {"win": SMOOTH_WIN}
 
 
 def _network_field(net: RegNet, source: torch.Tensor, target: torch.Tensor, polish: bool) -> torch.Tensor:
     """The network's field for ``(1, 1, H, W)`` images, polished by Lucas–Kanade steps if asked (see ``HALF_NET_FROM``)."""
-    if not polish:
-        return network_flow(net, source, target)  # ONNX Runtime or channels-last on CPU (regcore/inference.py)
     size = tuple(source.shape[-2:])
-    steps = 1
-    if min(size) >= HALF_NET_FROM:
+    if polish and min(size) >= HALF_NET_FROM:
         half = (size[0] // 2, size[1] // 2)
         flow = resize_flow(network_flow(net, _resize(source, half), _resize(target, half)), size)
         steps = 2
     else:
-        flow = network_flow(net, source, target)
+        flow = network_flow(net, source, target)  # ONNX Runtime or channels-last on CPU (regcore/inference.py)
+        steps = 1 if polish else 0
     with torch.inference_mode():
         for _ in range(steps):
             flow = lucas_kanade_step(source, target, flow)

@@ -24,12 +24,12 @@ NCC_FLOOR = 1e-10
 
 
 @functools.lru_cache(maxsize=64)
-def _window_counts(n: int, win: int, device: torch.device) -> Tensor:
+def _window_counts(n: int, win: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """How many of ``n`` positions along an axis each ``win``-wide window covers (fewer at the ends)."""
     # A normal tensor even when first asked for in inference mode: cached, it may later meet autograd.
     with torch.inference_mode(False):
         i = torch.arange(n, device=device)
-        return ((i + win // 2).clamp(max=n - 1) - (i - win // 2).clamp(min=0) + 1).to(torch.float64)
+        return ((i + win // 2).clamp(max=n - 1) - (i - win // 2).clamp(min=0) + 1).to(dtype)
 
 
 def box_mean(x: Tensor, win: int) -> Tensor:
@@ -44,7 +44,7 @@ def box_mean(x: Tensor, win: int) -> Tensor:
     h, w = x.shape[-2:]
     rows = F.pad(x, (p, p)).unfold(-1, win, 1).sum(-1)
     sums = F.pad(rows, (0, 0, p, p)).unfold(-2, win, 1).sum(-1)
-    return sums / _window_counts(h, win, x.device)[:, None].to(x.dtype) / _window_counts(w, win, x.device).to(x.dtype)
+    return sums / _window_counts(h, win, x.device, x.dtype)[:, None] / _window_counts(w, win, x.device, x.dtype)
 
 
 def local_ncc_map(a: Tensor, b: Tensor, win: int = 9, squared: bool = False) -> Tensor:

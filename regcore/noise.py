@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .data import gaussian_blur
 
-__all__ = ["NOISY_ABOVE", "SMOOTH_SIGMA", "SMOOTH_WIN", "noise_std", "presmooth"]
+__all__ = ["NOISY_ABOVE", "SMOOTH_SIGMA", "SMOOTH_WIN", "noise_std", "smooth_image"]
 
 #: Estimated noise std (intensity units, images in [0, 1]) above which images count as noisy.
 #: Every clean photograph of the benchmark's set estimates at < 0.001 and noise of std 0.01
@@ -55,6 +55,6 @@ def noise_std(image: Tensor) -> float:
     return math.sqrt(max(a * a - b * b, 0.0) * 4.0 / 3.0)
 
 
-def presmooth(image: Tensor, sigma: float = SMOOTH_SIGMA) -> Tensor:
+def smooth_image(image: Tensor, sigma: float = SMOOTH_SIGMA) -> Tensor:
     """``(1, 1, H, W)`` blurred by a Gaussian of std ``sigma`` pixels (borders replicated)."""
     return gaussian_blur(image, torch.tensor([float(sigma)], device=image.device))

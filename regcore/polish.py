@@ -47,7 +47,7 @@ def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = 1e-4) -> Te
 
 
 def _gradients(image: Tensor) -> tuple[Tensor, Tensor]:
-    """Central differences of ``(N, 1, H, W)`` along rows and columns (one-sided at the border)."""
+    """Central differences of ``(N, 1, H, W)`` along rows and columns (edges replicated, so half the one-sided difference at the border)."""
     p = F.pad(image, (1, 1, 1, 1), mode="replicate")
     return 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]), 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
 
