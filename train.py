@@ -15,6 +15,8 @@ import csv
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -22,10 +24,21 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from regcore.checkpoints import file_sha256, save_model
-from regcore.data import make_batch
+from regcore.checkpoints import WEIGHTS_NAME, file_sha256, load_model, save_model
 from regcore.nets import RegNet
-from regcore.training import Batch, DataStream, LossConfig, compute_loss, load_state, lr_factor, make_losses, save_state, validate
+from regcore.training import (
+    Batch,
+    DataStream,
+    LossConfig,
+    compute_loss,
+    load_state,
+    lr_factor,
+    make_losses,
+    parse_motions,
+    save_state,
+    validate,
+    validation_batch,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sup-weight", type=float, default=0.1, help="weight of the supervised EPE term (hybrid)")
     p.add_argument("--size", type=int, nargs="+", default=[128], help="training image side(s) in pixels; several = multi-size")
     p.add_argument("--max-disp", type=float, default=0.1, help="largest generated displacement as a fraction of the side")
+    p.add_argument(
+        "--motion",
+        nargs="+",
+        default=["smooth"],
+        help="motion kinds to draw from, each KIND or KIND:FRACTION (largest displacement / side; default --max-disp):"
+        " smooth (random bends), large (affine + bend), layered (objects moving over a background)",
+    )
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step at the smallest size")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -56,8 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-minutes", type=float, default=None, help="time budget: the schedule follows whichever of steps and time runs out first"
     )
-    p.add_argument("--init", type=Path, default=None, help="start from the weights of a saved state folder (fine-tuning; fresh schedule)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from the weights of a saved state folder or a checkpoint folder (fine-tuning; fresh schedule)",
+    )
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the model card, to reproduce the run
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,17 +117,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume:
         meta = load_state(state_dir / args.resume, net, opt)
         start_step, best = meta["step"], meta["best_epe"]
+    elif args.init and (args.init / WEIGHTS_NAME).is_file():
+        net.load_state_dict(load_model(args.init).state_dict())
+        args.init_from = f"the checkpoint {args.init} (weights sha256 {file_sha256(args.init / WEIGHTS_NAME)[:12]}…)"
     elif args.init:
         init = load_state(args.init, net, torch.optim.Adam(net.parameters()))
-        args.init_from = f"{args.init} (step {init['step']} of a run with loss {init['args']['loss']}, recipe {init['args']['recipe']})"
+        args.init_from = (
+            f"the saved state {args.init} (step {init['step']} of a run with loss {init['args']['loss']}, recipe {init['args']['recipe']})"
+        )
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     sim, reg = make_losses(cfg)
 
     sizes = tuple(args.size)
-    stream = DataStream(sizes, args.batch_size, args.max_disp, args.seed + start_step, rank)
+    motions = parse_motions(args.motion, args.max_disp)
+    stream = DataStream(sizes, args.batch_size, motions, args.seed + start_step, rank)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers, prefetch_factor=4 if args.workers else None)
-    val_gen = torch.Generator().manual_seed(12345)  # the same validation set in every run
-    val = make_batch(args.val_pairs, (sizes[0], sizes[0]), args.max_disp * sizes[0], val_gen)
+    val = validation_batch(args.val_pairs, sizes[0], motions)  # the same set in every run with these motions
     val = Batch(val.source.to(device), val.target.to(device), val.flow.to(device))
 
     log_path = args.out / "train_log.csv"
@@ -205,8 +237,7 @@ def write_report(args: argparse.Namespace, cfg: LossConfig, arch: dict, device: 
     recipe = f"similarity + {cfg.reg_weight} × smoothness"
     if cfg.recipe == "hybrid":
         recipe += f" + {cfg.sup_weight} × EPE to the known field"
-    command = f"python train.py --loss {args.loss} --recipe {args.recipe} --steps {args.steps} --batch-size {args.batch_size}"
-    command += f" --size {' '.join(map(str, args.size))} --out {args.out}"
+    command = "python train.py " + shlex.join(args.argv)
     rows_md = [
         ("architecture", f"`{json.dumps(arch)}` (RegNet defaults otherwise; see `config.json`)"),
         ("similarity", f"`{cfg.similarity}` ({similarity})"),
@@ -214,7 +245,8 @@ def write_report(args: argparse.Namespace, cfg: LossConfig, arch: dict, device: 
         (
             "data",
             "generated only: SynthMorph-style label maps and multi-octave noise textures, "
-            f"sizes {args.size}, random diffeomorphic fields up to {args.max_disp:.0%} of the side, "
+            f"sizes {args.size}, motions {', '.join(f'{k} up to {v:.0%}' for k, v in parse_motions(args.motion, args.max_disp).items())}"
+            " of the side, "
             "independent bias/gamma/noise on each image",
         ),
         ("steps", f"{steps} of {args.steps} (batch {args.batch_size} at the smallest size), Adam lr {args.lr}, warm-up + cosine"),
@@ -228,7 +260,7 @@ def write_report(args: argparse.Namespace, cfg: LossConfig, arch: dict, device: 
         ("weights sha256", f"`{file_sha256(weights)}`"),
     ]
     if getattr(args, "init_from", None):
-        rows_md.insert(4, ("initialised from", f"the saved state {args.init_from}; its training time is not included below"))
+        rows_md.insert(4, ("initialised from", f"{args.init_from}; its training time is not included below"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows_md)
     card = f"""---
 library_name: regcore

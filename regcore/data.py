@@ -18,6 +18,7 @@ Everything here is made on the fly from a seeded ``torch.Generator``; nothing is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,12 +29,19 @@ from torch import Tensor
 from .warp import VecInt, warp
 
 __all__ = [
+    "MOTIONS",
     "PHOTO_NAMES",
     "Batch",
+    "Layers",
+    "affine_fields",
+    "blob_masks",
     "gaussian_blur",
     "label_images",
+    "layered_motion",
+    "layered_pairs",
     "load_photo",
     "make_batch",
+    "motion_fields",
     "photo_pairs",
     "random_fields",
     "smooth_noise",
@@ -142,27 +150,158 @@ class Batch:
     flow: Tensor
 
 
-def make_batch(n: int, size: tuple[int, int], max_disp: float, g: torch.Generator, kind: str = "mix", contrast: bool = True) -> Batch:
-    """Generate ``n`` training pairs of ``size`` with known fields up to ``max_disp`` px.
+#: Kinds of motion :func:`make_batch` can generate (see :func:`motion_fields` and :func:`layered_pairs`).
+MOTIONS = ("smooth", "large", "layered")
+
+
+def affine_fields(n: int, size: tuple[int, int], max_disp: float, g: torch.Generator) -> Tensor:
+    """Random affine displacements ``(n, 2, H, W)`` in pixels, about the image centre.
+
+    Rotation up to ±0.25 rad, anisotropic scale up to ±20%, shear up to ±0.1 and a translation in
+    a random direction; each field is then scaled so its largest displacement is drawn uniformly
+    in ``[0.2, 1] * max_disp`` (a scaled affine field is still affine, and invertible while the
+    peak stays below the image's half-side).
+    """
+    h, w = size
+    rows = torch.arange(h, dtype=torch.float32) - (h - 1) / 2
+    cols = torch.arange(w, dtype=torch.float32) - (w - 1) / 2
+    p = torch.stack(torch.meshgrid(rows, cols, indexing="ij")).view(1, 2, h * w)
+    angle = _uniform(n, -0.25, 0.25, g)
+    scale_y, scale_x = torch.exp(_uniform(n, -0.2, 0.2, g)), torch.exp(_uniform(n, -0.2, 0.2, g))
+    shear = _uniform(n, -0.1, 0.1, g)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Linear part minus the identity, acting on (row, col) offsets from the centre.
+    m = torch.stack((torch.stack((cos * scale_y, -sin * scale_x + shear), -1), torch.stack((sin * scale_y, cos * scale_x), -1)), -2)
+    m = m - torch.eye(2)
+    direction = _uniform(n, 0.0, 2 * math.pi, g)
+    shift = torch.stack((torch.sin(direction), torch.cos(direction)), -1) * _uniform(n, 0.0, max(h, w) / 2, g)[:, None]
+    flow = (m @ p + shift[:, :, None]).view(n, 2, h, w)
+    peak = flow.square().sum(dim=1).sqrt().amax(dim=(-2, -1)).clamp_min(1e-6).view(n, 1, 1, 1)
+    return flow * (max_disp * _uniform(n, 0.2, 1.0, g).view(n, 1, 1, 1) / peak)
+
+
+def motion_fields(n: int, size: tuple[int, int], max_disp: float, g: torch.Generator, motion: str = "smooth") -> Tensor:
+    """Displacements ``(n, 2, H, W)`` in pixels of one kind of global motion, peak up to about ``max_disp``.
+
+    ``"smooth"``: :func:`random_fields` (local smooth bends). ``"large"``: an affine motion
+    (:func:`affine_fields`, up to ``max_disp``) plus a smooth bend of up to a third of it, as a
+    camera or an organ moves as a whole and bends a little.
+    """
+    if motion == "smooth":
+        return random_fields(n, size, max_disp, g)
+    if motion == "large":
+        return affine_fields(n, size, max_disp, g) + random_fields(n, size, max_disp / 3, g)
+    raise ValueError(f"unknown motion {motion!r}; choose one of smooth, large")
+
+
+def blob_masks(n: int, size: tuple[int, int], g: torch.Generator, edge: float = 1.0) -> Tensor:
+    """Random soft object masks ``(n, 1, H, W)`` in [0, 1]: a disc of radius 12-30% of the side with a
+    wobbly outline (smooth noise), anywhere in the central 80% of the image; ``edge`` is the width
+    (pixels) of the anti-aliased border."""
+    h, w = size
+    side = max(h, w)
+    rows = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    cols = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    cy = _uniform(n, 0.1, 0.9, g).view(n, 1, 1, 1) * h
+    cx = _uniform(n, 0.1, 0.9, g).view(n, 1, 1, 1) * w
+    radius = _uniform(n, 0.12, 0.3, g).view(n, 1, 1, 1) * side
+    wobble = smooth_noise(n, 1, size, int(torch.randint(3, 7, (1,), generator=g)), g) * 0.25 * radius
+    distance = ((rows - cy).square() + (cols - cx).square()).sqrt() + wobble
+    return torch.sigmoid((radius - distance) / (0.5 * edge))
+
+
+@dataclass
+class Layers:
+    """Layered motion: a background and objects in front of it, each moving on its own.
+
+    Attributes:
+        background: ``(n, 2, H, W)`` backward field of the background, pixels.
+        masks: each object's soft mask ``(n, 1, H, W)`` in [0, 1], in the source image, back to front.
+        fields: each object's backward field ``(n, 2, H, W)``, pixels.
+    """
+
+    background: Tensor
+    masks: list[Tensor]
+    fields: list[Tensor]
+
+
+def layered_motion(n: int, size: tuple[int, int], max_disp: float, g: torch.Generator, max_objects: int = 3) -> Layers:
+    """A random :class:`Layers`: the background moves by up to half of ``max_disp`` (smooth or large motion),
+    each of 1 to ``max_objects`` objects by a translation of up to ``max_disp`` plus a small affine and
+    smooth motion of its own (as objects moving over a background, or depth layers in stereo)."""
+    background = motion_fields(n, size, max_disp / 2, g, "large" if bool(torch.rand(1, generator=g) < 0.5) else "smooth")
+    masks, fields = [], []
+    for _ in range(int(torch.randint(1, max_objects + 1, (1,), generator=g))):
+        direction = _uniform(n, 0.0, 2 * math.pi, g)
+        shift = torch.stack((torch.sin(direction), torch.cos(direction)), 1) * (max_disp * _uniform(n, 0.2, 1.0, g))[:, None]
+        own = affine_fields(n, size, max_disp / 5, g) + random_fields(n, size, max_disp / 10, g)
+        masks.append(blob_masks(n, size, g))
+        fields.append(shift.view(n, 2, 1, 1) + own)
+    return Layers(background, masks, fields)
+
+
+def layered_pairs(
+    background: Tensor, objects: list[Tensor], layers: Layers, resample: Callable[[Tensor, Tensor], Tensor] = warp
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite a source and a target from layers: ``(source, target, flow)``.
+
+    The source shows each object (``objects[k]``, ``(n, 1, H, W)``) over ``background`` through its
+    mask; the target shows each layer moved by its own field, nearer layers in front. ``flow`` is,
+    at each target pixel, the backward field of the layer seen there (where that layer is more
+    than half opaque), so ``warp(source, flow)`` matches the target except where the motion
+    uncovers background that an object hid in the source (occlusions, as in real scenes).
+
+    ``resample(image, flow)`` moves an image by a backward field (regcore's :func:`warp` for
+    training; the benchmark passes an independent interpolator).
+    """
+    source, target, flow = background, resample(background, layers.background), layers.background
+    for image, mask, field in zip(objects, layers.masks, layers.fields, strict=True):
+        source = mask * image + (1 - mask) * source
+        seen = resample(mask, field).clamp(0, 1)
+        target = seen * resample(image, field) + (1 - seen) * target
+        flow = torch.where(seen > 0.5, field, flow)
+    return source, target, flow
+
+
+def make_batch(
+    n: int,
+    size: tuple[int, int],
+    max_disp: float,
+    g: torch.Generator,
+    kind: str = "mix",
+    contrast: bool = True,
+    motion: str = "smooth",
+) -> Batch:
+    """Generate ``n`` training pairs of ``size`` with known fields up to about ``max_disp`` px.
 
     Args:
-        kind: ``"labels"``, ``"texture"`` or ``"mix"`` (half of each).
+        kind: images: ``"labels"``, ``"texture"`` or ``"mix"`` (half of each).
         contrast: apply independent intensity changes (bias, gamma, noise) to source and target.
+        motion: ``"smooth"`` (random smooth bends), ``"large"`` (affine + smooth) or
+            ``"layered"`` (objects moving over a moving background, :func:`layered_motion`).
     """
+    images = _images(n, size, g, kind)
+    if motion == "layered":
+        layers = layered_motion(n, size, max_disp, g)
+        objects = [_images(n, size, g, kind) for _ in layers.masks]
+        source, target, flow = layered_pairs(images, objects, layers)
+    else:
+        flow = motion_fields(n, size, max_disp, g, motion)
+        source, target = images, warp(images, flow)
+    if contrast:
+        return Batch(intensity_augment(source, g, 0.5), intensity_augment(target, g, 0.5), flow)
+    return Batch(source, target, flow)
+
+
+def _images(n: int, size: tuple[int, int], g: torch.Generator, kind: str) -> Tensor:
     if kind == "mix":
         k = n // 2
-        images = torch.cat((label_images(n - k, size, g), texture_images(k, size, g)))
-    elif kind == "labels":
-        images = label_images(n, size, g)
-    elif kind == "texture":
-        images = texture_images(n, size, g)
-    else:
-        raise ValueError(f"unknown kind {kind!r}")
-    flow = random_fields(n, size, max_disp, g)
-    moved = warp(images, flow)
-    if contrast:
-        return Batch(intensity_augment(images, g, 0.5), intensity_augment(moved, g, 0.5), flow)
-    return Batch(images, moved, flow)
+        return torch.cat((label_images(n - k, size, g), texture_images(k, size, g)))
+    if kind == "labels":
+        return label_images(n, size, g)
+    if kind == "texture":
+        return texture_images(n, size, g)
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 #: Gray photographs bundled with scikit-image, used for validation and benchmarks only.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +20,22 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .data import Batch, make_batch
+from .data import MOTIONS, Batch, make_batch
 from .losses import Grad, make_similarity
 from .metrics import endpoint_error, folding_percent
 from .warp import warp
 
-__all__ = ["DataStream", "LossConfig", "compute_loss", "load_state", "lr_factor", "save_state", "validate"]
+__all__ = [
+    "DataStream",
+    "LossConfig",
+    "compute_loss",
+    "load_state",
+    "lr_factor",
+    "parse_motions",
+    "save_state",
+    "validate",
+    "validation_batch",
+]
 
 
 @dataclass
@@ -57,16 +67,32 @@ def make_losses(cfg: LossConfig) -> tuple[nn.Module, nn.Module]:
     return make_similarity(cfg.similarity, cfg.win), Grad()
 
 
+def parse_motions(specs: Sequence[str], default_frac: float) -> dict[str, float]:
+    """``["smooth", "large:0.15"]`` -> ``{"smooth": default_frac, "large": 0.15}``: each motion kind of
+    :data:`regcore.data.MOTIONS` with its largest displacement as a fraction of the image side."""
+    motions = {}
+    for spec in specs:
+        name, _, frac = spec.partition(":")
+        if name not in MOTIONS:
+            raise ValueError(f"unknown motion {name!r}; choose from {', '.join(MOTIONS)}")
+        value = float(frac) if frac else default_frac
+        if not 0 < value < 0.5:
+            raise ValueError(f"motion {spec!r}: the displacement fraction must be in (0, 0.5)")
+        motions[name] = value
+    return motions
+
+
 class DataStream(torch.utils.data.IterableDataset):
-    """Endless seeded stream of generated :class:`Batch` es, sizes drawn from ``sizes``.
+    """Endless seeded stream of generated :class:`Batch` es, sizes drawn from ``sizes`` and motion
+    kinds from ``motions`` (name -> largest displacement as a fraction of the side), uniformly.
 
     The batch is shrunk for larger sizes so each step costs about the same. Each
     (rank, worker) gets its own seed, so processes never repeat each other's data.
     """
 
-    def __init__(self, sizes: tuple[int, ...], batch_size: int, max_disp_frac: float, seed: int, rank: int = 0) -> None:
+    def __init__(self, sizes: tuple[int, ...], batch_size: int, motions: dict[str, float], seed: int, rank: int = 0) -> None:
         super().__init__()
-        self.sizes, self.batch_size, self.max_disp_frac, self.seed, self.rank = sizes, batch_size, max_disp_frac, seed, rank
+        self.sizes, self.batch_size, self.motions, self.seed, self.rank = sizes, batch_size, dict(motions), seed, rank
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         info = torch.utils.data.get_worker_info()
@@ -74,11 +100,20 @@ class DataStream(torch.utils.data.IterableDataset):
         g = torch.Generator().manual_seed(self.seed * 1000 + self.rank * 50 + worker)
         torch.set_num_threads(1)
         base = min(self.sizes)
+        kinds = list(self.motions)
         while True:
             size = self.sizes[int(torch.randint(len(self.sizes), (1,), generator=g))]
+            motion = kinds[int(torch.randint(len(kinds), (1,), generator=g))]
             n = max(2, round(self.batch_size * (base / size) ** 2))
-            b = make_batch(n, (size, size), self.max_disp_frac * size, g)
+            b = make_batch(n, (size, size), self.motions[motion] * size, g, motion=motion)
             yield b.source, b.target, b.flow
+
+
+def validation_batch(n: int, size: int, motions: dict[str, float], seed: int = 12345) -> Batch:
+    """The fixed validation set: ``n`` generated pairs of ``size``², split evenly over ``motions``."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [make_batch(max(1, n // len(motions)), (size, size), frac * size, g, motion=m) for m, frac in motions.items()]
+    return Batch(*(torch.cat([getattr(b, k) for b in parts]) for k in ("source", "target", "flow")))
 
 
 def lr_factor(progress: float, warmup: float = 0.02) -> float:
