@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import gaussian_blur
+from .filters import gaussian_blur
 
 __all__ = ["NOISY_ABOVE", "SMOOTH_SIGMA", "SMOOTH_WIN", "noise_std", "smooth_image"]
 

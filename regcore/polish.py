@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import box_mean
+from .filters import box_mean
 from .warp import warp
 
 __all__ = ["LK_WIN", "NORM_WIN", "RIDGE", "local_normalise", "lucas_kanade_step"]
