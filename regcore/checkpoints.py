@@ -4,9 +4,11 @@ Only safetensors weights are read (no pickle). The config must name only :class:
 arguments, with values of the right types and within bounds (a config cannot make the network
 allocate or pad without limit), and the weights must be finite floating-point tensors matching
 the network it builds (checked from the safetensors header before any weight is read), or a
-:class:`CheckpointError` naming the file is raised. Shipped checkpoints live in ``checkpoints/`` at the
-repository top, and an installed package carries them as ``regcore/models/`` (package data, see
-``pyproject.toml``); ``REGCORE_CHECKPOINTS`` points elsewhere (:func:`checkpoint_dir`). A Hugging Face Hub repo id (``user/repo``) is fetched
+:class:`CheckpointError` naming the file is raised.
+
+Shipped checkpoints live in ``checkpoints/`` at the repository top, and an installed package
+carries them as ``regcore/models/`` (package data, see ``pyproject.toml``); ``REGCORE_CHECKPOINTS``
+points elsewhere (:func:`checkpoint_dir`). A Hugging Face Hub repo id (``user/repo``) is fetched
 with ``huggingface_hub`` when it is not a local folder; offline, that fails with a clear error
 and never hangs when ``HF_HUB_OFFLINE=1``.
 """
