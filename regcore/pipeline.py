@@ -205,7 +205,7 @@ def choose_method(options: Options, notes: list[str]) -> Choice:
     if method is None:
         method = DEFAULT_METHOD if model is not None else FALLBACK_METHOD
         if model is None:
-            notes.append(f"no trained checkpoint found: used {METHODS[method].label} only (method {method!r})")
+            notes.append(f"no trained checkpoint found: used {METHODS[method].label} (method {method!r})")
     elif METHODS[method].network and model is None:
         raise RegcoreError(f"method {method!r} needs a trained checkpoint, and none was found or given")
     net = load_model(shipped.get(model, model), device) if METHODS[method].network else None
@@ -431,22 +431,22 @@ METHODS: dict[str, Method] = {
         default_steps=DEFAULT_REFINE_STEPS,
     ),
     "optimize": Method(
-        "optimisation",
+        "optimisation only",
         "per-pair optimisation from zero over a pyramid down to 16 px; no network",
         zero_start,
         optimise,
         default_steps=DEFAULT_OPTIMIZE_STEPS,
     ),
-    "tvl1": _classical_method("TV-L1", "scikit-image's TV-L1 optical flow, default parameters", tvl1_flow),
-    "ilk": _classical_method("ILK", "scikit-image's iterative Lucas–Kanade, radius 7", ilk_flow),
-    "dis": _classical_method("DIS", "OpenCV's DIS optical flow, MEDIUM preset", dis_flow),
-    "dis-fast": _classical_method("DIS fast", "OpenCV's DIS optical flow, FAST preset", partial(dis_flow, preset="fast")),
+    "tvl1": _classical_method("TV-L1 (scikit-image)", "scikit-image's TV-L1 optical flow, default parameters", tvl1_flow),
+    "ilk": _classical_method("ILK (scikit-image)", "scikit-image's iterative Lucas–Kanade, radius 7", ilk_flow),
+    "dis": _classical_method("DIS (OpenCV)", "OpenCV's DIS optical flow, MEDIUM preset", dis_flow),
+    "dis-fast": _classical_method("DIS fast (OpenCV)", "OpenCV's DIS optical flow, FAST preset", partial(dis_flow, preset="fast")),
     "dis-fine": _classical_method(
-        "DIS fine",
+        "DIS fine (OpenCV)",
         "OpenCV's DIS optical flow, MEDIUM preset down to full resolution, 10 variational refinement iterations",
         partial(dis_flow, preset="fine"),
     ),
-    "farneback": _classical_method("Farnebäck", "OpenCV's Farnebäck optical flow, OpenCV's typical parameters", farneback_flow),
+    "farneback": _classical_method("Farnebäck (OpenCV)", "OpenCV's Farnebäck optical flow, OpenCV's typical parameters", farneback_flow),
 }
 #: The method ``register()`` runs when none is given and a checkpoint is available ...
 DEFAULT_METHOD = "net+refine"
