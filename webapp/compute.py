@@ -154,7 +154,7 @@ def walkthrough(source: ImageLike, target: ImageLike, model: str | None = None, 
 
 
 def tiny_regnet() -> RegNet:
-    """A three-level RegNet with ~12k weights: trains visibly in a minute on a CPU."""
+    """A three-level RegNet with ~16k weights: trains visibly in a minute on a CPU."""
     return RegNet(enc_features=(8, 16, 16), dec_features=(16, 16, 16), final_features=(8,))
 
 
