@@ -18,42 +18,20 @@ import torch
 
 from .io import ImageLike, save_image
 from .metrics import image_scores, jacobian_determinant, jacobian_stats
-from .pipeline import (
-    DEFAULT_OPTIMIZE_STEPS,
-    DEFAULT_REFINE_STEPS,
-    DEFAULT_REG_WEIGHT,
-    HALF_NET_FROM,
-    INVERTED_BELOW,
-    METHODS,
-    MIN_SIDE,
-    NET_MAX_SIDE,
-    POLARITIES,
-    PRESMOOTH_MODES,
-    REFINE_LEVELS,
-    Options,
-    Progress,
-    choose_method,
-    load_pair,
-    prepare,
-    to_source_grid,
-)
 
-# The pipeline's constants are re-exported here, where they were first defined.
-__all__ = [
-    "DEFAULT_OPTIMIZE_STEPS",
-    "DEFAULT_REFINE_STEPS",
-    "DEFAULT_REG_WEIGHT",
-    "HALF_NET_FROM",
-    "INVERTED_BELOW",
-    "METHODS",
-    "MIN_SIDE",
-    "NET_MAX_SIDE",
-    "POLARITIES",
-    "PRESMOOTH_MODES",
-    "REFINE_LEVELS",
-    "RegistrationResult",
-    "register",
-]
+# The pipeline's constants are importable from here too, where they were first defined.
+from .pipeline import DEFAULT_OPTIMIZE_STEPS as DEFAULT_OPTIMIZE_STEPS
+from .pipeline import DEFAULT_REFINE_STEPS as DEFAULT_REFINE_STEPS
+from .pipeline import DEFAULT_REG_WEIGHT, NET_MAX_SIDE, Options, Progress, choose_method, load_pair, prepare, to_source_grid
+from .pipeline import HALF_NET_FROM as HALF_NET_FROM
+from .pipeline import INVERTED_BELOW as INVERTED_BELOW
+from .pipeline import METHODS as METHODS
+from .pipeline import MIN_SIDE as MIN_SIDE
+from .pipeline import POLARITIES as POLARITIES
+from .pipeline import PRESMOOTH_MODES as PRESMOOTH_MODES
+from .pipeline import REFINE_LEVELS as REFINE_LEVELS
+
+__all__ = ["RegistrationResult", "register"]
 
 
 @dataclass
