@@ -9,9 +9,9 @@ interpolation) over ``--repeats`` requests after ``--warmup`` untimed ones, the 
 own time (from the scores table) for comparison, and the 1-minute load average before and
 after (other work on the machine slows everything).
 
-    python benchmarks/latency.py                       # method "net", default checkpoint
-    python benchmarks/latency.py --no-download            # the response alone
-    python benchmarks/latency.py --method net+refine --repeats 10 --json out/latency.json
+    python -m benchmarks.latency                       # method "net", default checkpoint
+    python -m benchmarks.latency --no-download            # the response alone
+    python -m benchmarks.latency --method net+refine --repeats 10 --json out/latency.json
 
 Target (issue 5): median ≤ 0.5 s with method "net" on a 2-core CPU.
 """

@@ -1,6 +1,6 @@
 """Bounded load test of the Gradio app on loopback: concurrent API users against ``python app.py``.
 
-    nice -n 10 python benchmarks/load.py [--users 8] [--duration 60] [--probe] [--json out.json]
+    nice -n 10 python -m benchmarks.load [--users 8] [--duration 60] [--probe] [--json out.json]
 
 Starts ``python app.py`` on a free port of 127.0.0.1 (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``),
 waits until it answers, then runs ``--users`` threads, each with its own ``gradio_client.Client``,

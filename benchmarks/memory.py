@@ -1,6 +1,6 @@
 """Peak memory (RSS) of ``regcore.register()`` from image files, up to the largest accepted size.
 
-    nice -n 10 python benchmarks/memory.py [--sides 512 1024 2048 4096] [--method optimize] [--model DIR] [--refine-steps 10]
+    nice -n 10 python -m benchmarks.memory [--sides 512 1024 2048 4096] [--method optimize] [--model DIR] [--refine-steps 10]
 
 For each side, a (source, target) pair of 8-bit PNG files (a photograph and a shifted copy) is
 written to a temporary folder and registered in a fresh Python process, so that every figure is
@@ -28,8 +28,6 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
-    sys.path.insert(0, str(ROOT))
 
 
 def _rss_mb() -> float:
@@ -107,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for side in sides:
             source, target = _write_pair(side, Path(tmp))
-            command = [sys.executable, __file__, "--child", str(source), str(target), "--method", args.method]
+            command = [sys.executable, "-m", "benchmarks.memory", "--child", str(source), str(target), "--method", args.method]
             command += ["--refine-steps", str(args.refine_steps), "--threads", str(args.threads)]
             if args.model:
                 command += ["--model", args.model]

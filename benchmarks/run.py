@@ -1,33 +1,38 @@
 """Benchmark regcore against classical registration: accuracy, speed and scaling.
 
-    python benchmarks/run.py                      # full accuracy benchmark, shipped checkpoints
-    python benchmarks/run.py --quick              # < 2 min on 2 cores: a few small pairs, small scaling
-    python benchmarks/run.py --model runs/x       # a checkpoint folder instead (repeatable)
-    python benchmarks/run.py --scaling            # also time vs size (64² .. 1024²) and batch throughput
-    python benchmarks/run.py --only-scaling       # only that
-    python benchmarks/run.py --sets photo256 --methods tvl1 ncc:net --pairs 4
-    python benchmarks/run.py --sets photo128 photo256:6 labels128:4   # NAME:PAIRS caps one set
+    python -m benchmarks.run                      # full accuracy benchmark, shipped checkpoints
+    python -m benchmarks.run --quick              # < 2 min on 2 cores: a few small pairs, small scaling
+    python -m benchmarks.run --model runs/x       # a checkpoint folder instead (repeatable)
+    python -m benchmarks.run --scaling            # also time vs size (64² .. 1024²) and batch throughput
+    python -m benchmarks.run --only-scaling       # only that
+    python -m benchmarks.run --sets photo256 --methods tvl1 ncc:net --pairs 4
+    python -m benchmarks.run --sets photo128 photo256:6 labels128:4   # NAME:PAIRS caps one set
+
+Run from the repository's top folder, with regcore installed (``pip install -r requirements-bench.txt``
+installs it in editable mode).
 
 Writes to --out (default benchmarks/results/): results.md (one table per set), results.csv,
 pairs.csv (every pair), accuracy_vs_time.png, and with scaling scaling.md/.csv/.png and
 throughput.csv. Classical methods whose package is missing are skipped with a message
-(pip install -r requirements-bench.txt). The library side is regcore/bench.py.
+(pip install -r requirements-bench.txt). The reusable parts are benchmarks/suite.py and
+benchmarks/speedups.py. Paths in the written files are relative to the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+from regcore import available_models
 
-from regcore import available_models, bench  # noqa: E402
+from . import speedups, suite
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "--model", action="append", default=None, help="checkpoint folder or shipped name (repeatable); default: every shipped one"
     )
     p.add_argument(
-        "--sets", nargs="+", default=None, help=f"evaluation sets, NAME or NAME:PAIRS (default all: {' '.join(bench.EVAL_SETS)})"
+        "--sets", nargs="+", default=None, help=f"evaluation sets, NAME or NAME:PAIRS (default all: {' '.join(suite.EVAL_SETS)})"
     )
     p.add_argument("--pairs", type=int, default=None, help="at most this many pairs per set")
     p.add_argument("--methods", nargs="+", default=None, help="method names or glob patterns to keep (e.g. tvl1 '*:net' demons)")
@@ -58,15 +63,19 @@ def _models(args: argparse.Namespace) -> dict[str, str]:
     return {name: str(path) for name, path in available_models().items()}
 
 
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as the results files show it: relative to the repository when inside it (no machine's own folders)."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else str(path)
+
+
 def _speedups(out: Path, model: str, header: str, threads: int) -> None:
     """Profile register(method="net"), split its time, and time inference variants; write speedups.md."""
-    from regcore import bench_speed
-
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"# speed-ups of the network path\n\n{header}\n", f"## torch profiler: register(method='net') at 256², {threads} thread(s)\n"]
-    parts.append("```\n" + bench_speed.profile_register(model) + "\n```\n")
+    parts.append("```\n" + speedups.profile_register(model) + "\n```\n")
     parts += ["## where register(method='net') spends its time (median ms)\n", "| size | part | ms |", "|---|---|---|"]
-    parts += [f"| {r['size']}² | {r['part']} | {r['ms']:.1f} |" for r in bench_speed.register_breakdown(model)]
+    parts += [f"| {r['size']}² | {r['part']} | {r['ms']:.1f} |" for r in speedups.register_breakdown(model)]
     parts += [
         "",
         "## kept in regcore: register() before / after, same process, alternating (median ms)\n",
@@ -75,9 +84,9 @@ def _speedups(out: Path, model: str, header: str, threads: int) -> None:
         "| size | method | state | ms |",
         "|---|---|---|---|",
     ]
-    parts += [f"| {r['size']}² | {r['method']} | {r['state']} | {r['ms']:.1f} |" for r in bench_speed.register_before_after(model)]
-    rows = bench_speed.forward_variants(model)
-    bench.set_threads(threads)  # forward_variants changes torch's thread count
+    parts += [f"| {r['size']}² | {r['method']} | {r['state']} | {r['ms']:.1f} |" for r in speedups.register_before_after(model)]
+    rows = speedups.forward_variants(model)
+    suite.set_threads(threads)  # forward_variants changes torch's thread count
     parts += ["", "## network forward pass variants (median ms; max |difference| to eager in px; one-off setup s)\n"]
     parts += ["| threads | size | variant | ms | max diff (px) | setup (s) |", "|---|---|---|---|---|---|"]
     parts += [
@@ -89,55 +98,55 @@ def _speedups(out: Path, model: str, header: str, threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    bench.set_threads(args.threads or None)
+    suite.set_threads(args.threads or None)
     models = _models(args)
     out: Path = args.out
     if not models:
         print("no checkpoint shipped or given (--model): the network methods are skipped", flush=True)
-    header = f"Machine: {bench.machine_description(args.threads or None)}. Models: " + (
-        ", ".join(f"`{n}` ({p})" for n, p in models.items()) or "none"
+    header = f"Machine: {suite.machine_description(args.threads or None)}. Models: " + (
+        ", ".join(f"`{n}` ({shown(p)})" for n, p in models.items()) or "none"
     )
     started = time.perf_counter()
     if not args.only_scaling:
-        sets = bench.QUICK_SETS if args.quick else bench.EVAL_SETS
+        sets = suite.QUICK_SETS if args.quick else suite.EVAL_SETS
         if args.sets:
             counts = {name: int(n) for name, _, n in (s.partition(":") for s in args.sets) if n}
             args.sets = [s.partition(":")[0] for s in args.sets]
-            unknown = [s for s in args.sets if s not in bench.EVAL_SETS and s not in bench.QUICK_SETS]
+            unknown = [s for s in args.sets if s not in suite.EVAL_SETS and s not in suite.QUICK_SETS]
             if unknown:
                 print(
-                    f"unknown set(s) {', '.join(unknown)}; choose from {', '.join([*bench.EVAL_SETS, *bench.QUICK_SETS])}", file=sys.stderr
+                    f"unknown set(s) {', '.join(unknown)}; choose from {', '.join([*suite.EVAL_SETS, *suite.QUICK_SETS])}", file=sys.stderr
                 )
                 return 2
-            known = {**bench.EVAL_SETS, **bench.QUICK_SETS}
+            known = {**suite.EVAL_SETS, **suite.QUICK_SETS}
             sets = {s: replace(known[s], count=min(counts[s], known[s].count)) if s in counts else known[s] for s in args.sets}
         steps = [s for s in args.refine_steps if s <= 30] if args.quick else args.refine_steps
         methods = [
-            bench.identity_method(),
-            *bench.classical_methods(),
-            *bench.regcore_methods(models, steps, optimize_steps=30 if args.quick else None),
+            suite.identity_method(),
+            *suite.classical_methods(),
+            *suite.regcore_methods(models, steps, optimize_steps=30 if args.quick else None),
         ]
         if args.quick:
             methods = [m for m in methods if not m.slow]
         if args.methods:
             methods = [m for m in methods if m.name == "identity" or any(fnmatch(m.name, pat) for pat in args.methods)]
-        rows = bench.run_accuracy(sets, methods, args.pairs)
-        summary = bench.summarise(rows)
-        paths = bench.write_outputs(out, rows, summary, sets, methods, header, next(iter(models), None))
+        rows = suite.run_accuracy(sets, methods, args.pairs)
+        summary = suite.summarise(rows)
+        paths = suite.write_outputs(out, rows, summary, sets, methods, header, next(iter(models), None))
         print(paths.files["markdown"].read_text())
     if args.scaling or args.only_scaling:
         sizes = [s for s in args.scaling_sizes if s <= 128] if args.quick else args.scaling_sizes
         model = next(iter(models.values()), None)
         batch = {"batch_sizes": (1, 4), "batch_sides": (64,)} if args.quick else {}
-        rows, throughput = bench.scaling(sizes, model, max_optimize=args.scaling_max_optimize, **batch)
-        paths = bench.write_scaling(out, rows, throughput, header + (f"; scaling uses `{next(iter(models))}`" if models else ""))
+        rows, throughput = suite.scaling(sizes, model, max_optimize=args.scaling_max_optimize, **batch)
+        paths = suite.write_scaling(out, rows, throughput, header + (f"; scaling uses `{next(iter(models))}`" if models else ""))
         print(paths.files["markdown"].read_text())
     if args.speedups:
         if not models:
             print("--speedups needs a model (--model or a shipped checkpoint)", file=sys.stderr)
             return 2
         _speedups(out, next(iter(models.values())), header, args.threads or 1)
-    print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
+    print(f"wrote {shown(out)} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

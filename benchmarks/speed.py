@@ -1,6 +1,6 @@
 """Forward-pass time of the default network and time of the "optimize" method, 128² and 256².
 
-    python benchmarks/speed.py [--repeats 30] [--threads 2]
+    python -m benchmarks.speed [--repeats 30] [--threads 2]
 
 Median (and p90) of repeated runs after warm-up, in one process. The network is the shipped
 default checkpoint if there is one, else an untrained RegNet of the default architecture (same cost).
@@ -11,20 +11,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+import regcore
+from regcore.checkpoints import default_model_name, load_model
+from regcore.data import load_photo
 
-import regcore  # noqa: E402
-from regcore.bench import call_times  # noqa: E402
-from regcore.checkpoints import default_model_name, load_model  # noqa: E402
-from regcore.data import load_photo  # noqa: E402
+from .suite import call_times
 
 
 def main() -> None:

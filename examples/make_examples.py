@@ -1,4 +1,5 @@
-"""Regenerate the example pairs shipped with the app: ``python examples/make_examples.py``.
+"""Regenerate the example pairs shipped with the app: ``python examples/make_examples.py`` (with regcore installed,
+e.g. ``pip install -e .``).
 
 Each pair is a scikit-image sample photograph (``source``) and the same photograph deformed by a
 known smooth random field from :func:`regcore.data.photo_pairs` (``target``), 256×256 gray PNG.
@@ -8,14 +9,12 @@ and MSE does not. Seeded: running this again writes identical files.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing the package
+from regcore.data import photo_pairs
+from regcore.io import save_image
 
-from regcore.data import photo_pairs  # noqa: E402
-from regcore.io import save_image  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SIZE = 256
 #: Largest displacement in pixels (each field's peak is drawn in [0.2, 1] × this).

@@ -4,8 +4,11 @@ Only safetensors weights are read (no pickle). The config must name only :class:
 arguments, with values of the right types and within bounds (a config cannot make the network
 allocate or pad without limit), and the weights must be finite floating-point tensors matching
 the network it builds (checked from the safetensors header before any weight is read), or a
-:class:`CheckpointError` naming the file is raised. Shipped checkpoints live in ``checkpoints/`` at the repository top;
-``REGCORE_CHECKPOINTS`` points elsewhere. A Hugging Face Hub repo id (``user/repo``) is fetched
+:class:`CheckpointError` naming the file is raised.
+
+Shipped checkpoints live in ``checkpoints/`` at the repository top, and an installed package
+carries them as ``regcore/models/`` (package data, see ``pyproject.toml``); ``REGCORE_CHECKPOINTS``
+points elsewhere (:func:`checkpoint_dir`). A Hugging Face Hub repo id (``user/repo``) is fetched
 with ``huggingface_hub`` when it is not a local folder; offline, that fails with a clear error
 and never hangs when ``HF_HUB_OFFLINE=1``.
 """
@@ -54,8 +57,14 @@ _lock = threading.Lock()
 
 
 def checkpoint_dir() -> Path:
-    """Where shipped checkpoints are looked for: ``$REGCORE_CHECKPOINTS`` or ``<repo>/checkpoints``."""
-    return Path(os.environ.get("REGCORE_CHECKPOINTS", Path(__file__).resolve().parent.parent / "checkpoints"))
+    """Where shipped checkpoints are looked for: ``$REGCORE_CHECKPOINTS`` if set; else the package's
+    ``models/`` folder when installed from a wheel; else ``checkpoints/`` beside the package (a
+    checkout, or an editable install of one)."""
+    if "REGCORE_CHECKPOINTS" in os.environ:
+        return Path(os.environ["REGCORE_CHECKPOINTS"])
+    package = Path(__file__).resolve().parent
+    installed = package / "models"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
 
 
 def available_models() -> dict[str, Path]:

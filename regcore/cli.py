@@ -14,6 +14,7 @@ import numpy as np
 
 from .api import METHODS, POLARITIES, PRESMOOTH_MODES, register
 from .errors import RegcoreError
+from .pipeline import DEFAULT_METHOD, FALLBACK_METHOD
 
 EXIT_BAD_INPUT = 2
 
@@ -25,9 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("source", help="image to deform (PNG, JPEG, TIFF, BMP, ...)")
     r.add_argument("target", help="image to match")
     r.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
-    r.add_argument("--method", choices=METHODS, default=None, help="default: net+refine with a checkpoint, else optimize")
+    r.add_argument(
+        "--method", choices=list(METHODS), default=None, help=f"default: {DEFAULT_METHOD} with a checkpoint, else {FALLBACK_METHOD}"
+    )
     r.add_argument("--model", default=None, help="checkpoint folder, shipped name or Hub repo id")
-    r.add_argument("--refine-steps", type=int, default=None, help="optimisation steps")
+    r.add_argument("--refine-steps", type=int, default=None, help="optimisation steps per pyramid level (net+refine, optimize)")
     r.add_argument("--similarity", choices=["ncc", "ncc2", "gncc", "mse"], default="ncc", help="optimisation similarity")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     r.add_argument("--polarity", choices=POLARITIES, default="auto", help="auto: register an anti-correlated target as inverted contrast")

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .filters import gaussian_blur
 from .warp import VecInt, warp
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "Layers",
     "affine_fields",
     "blob_masks",
-    "gaussian_blur",
     "label_images",
     "layered_motion",
     "layered_pairs",
@@ -65,21 +65,6 @@ def smooth_noise(n: int, channels: int, size: tuple[int, int], cells: int, g: to
     up = F.interpolate(coarse, size=(h + 2 * math.ceil(h / ch), w + 2 * math.ceil(w / cw)), mode="bicubic", align_corners=False)
     oy, ox = (up.shape[-2] - h) // 2, (up.shape[-1] - w) // 2
     return up[..., oy : oy + h, ox : ox + w]
-
-
-def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
-    """Blur each image of ``(n, 1, H, W)`` with its own Gaussian ``sigma`` (pixels, shape ``(n,)``)."""
-    radius = math.ceil(3 * float(sigma.max())) if len(sigma) else 0
-    if radius == 0:
-        return x
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t[None] / sigma.to(x.device).clamp_min(1e-3)[:, None]) ** 2)
-    k = (k / k.sum(dim=1, keepdim=True))[:, None, None, :]  # (n, 1, 1, K)
-    n = x.shape[0]
-    x = F.pad(x, (radius, radius, radius, radius), mode="replicate").transpose(0, 1)  # (1, n, H, W)
-    x = F.conv2d(x, k, groups=n)
-    x = F.conv2d(x, k.transpose(-1, -2), groups=n)
-    return x.transpose(0, 1)
 
 
 def _normalise(x: Tensor) -> Tensor:

@@ -2,9 +2,9 @@
 
 :func:`network_flow` is what :func:`regcore.register` calls. On CPU it runs the UNet part of
 :class:`regcore.RegNet` (:meth:`RegNet.trunk`) with ONNX Runtime when the optional packages
-``onnxruntime`` and ``onnx`` are installed (measured about 2.4× faster than eager PyTorch on one
-thread, and far steadier when the CPU is oversubscribed; ``benchmarks/results/speedups.md``),
-else with PyTorch on channels-last weights (1.3-1.9× faster than the default layout). Padding,
+``onnxruntime`` and ``onnx`` are installed (faster than eager PyTorch, and far steadier when the
+CPU is oversubscribed: ``benchmarks/results/speedups.md`` and ``speedups_loaded.md``), else with
+PyTorch on channels-last weights (faster than the default layout on CPU). Padding,
 integration and resizing of the field stay in PyTorch, so any image size works.
 
 The ONNX export (a few seconds) happens once per model: the file is cached under
@@ -42,7 +42,7 @@ _lock = threading.Lock()
 
 @functools.cache
 def _onnx_installed() -> bool:
-    # Looked up once: searching sys.path on every call cost about 0.2 ms of a 5 ms register(method="net").
+    # Looked up once: searching sys.path on every call is a noticeable share of a fast register(method="net").
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 
 

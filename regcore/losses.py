@@ -2,16 +2,17 @@
 
 Similarity losses take ``(warped, target)`` of shape ``(N, 1, H, W)`` with intensities in [0, 1]
 and return a scalar to minimise. Regularisers take a field ``(N, 2, H, W)`` in pixels.
-Functions with the same names in lower case return the similarity itself (not a loss).
+Functions with the same names in lower case return the similarity itself (not a loss). The window
+mean behind local NCC is :func:`regcore.filters.box_mean`.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .filters import box_mean  # re-exported: it was defined here first
 
 __all__ = ["MSE", "NCC", "BendingEnergy", "GlobalNCC", "Grad", "box_mean", "global_ncc", "local_ncc_map", "make_similarity"]
 
@@ -21,30 +22,6 @@ __all__ = ["MSE", "NCC", "BendingEnergy", "GlobalNCC", "Grad", "box_mean", "glob
 # a flat window against a textured one scores about 0. NCC_FLOOR keeps wholly constant images finite.
 NCC_EPS = 1e-3
 NCC_FLOOR = 1e-10
-
-
-@functools.lru_cache(maxsize=64)
-def _window_counts(n: int, win: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """How many of ``n`` positions along an axis each ``win``-wide window covers (fewer at the ends)."""
-    # A normal tensor even when first asked for in inference mode: cached, it may later meet autograd.
-    with torch.inference_mode(False):
-        i = torch.arange(n, device=device)
-        return ((i + win // 2).clamp(max=n - 1) - (i - win // 2).clamp(min=0) + 1).to(dtype)
-
-
-def box_mean(x: Tensor, win: int) -> Tensor:
-    """Mean over the ``win × win`` window around each pixel of ``(N, C, H, W)``; windows cropped at the border.
-
-    One axis at a time, each window's ``win`` values summed from a strided view of the zero-padded
-    input (``unfold``): measured on CPU, about 3× faster than ``avg_pool2d`` forward, and
-    ``register()``'s default refinement, forward and backward, 1.5-1.7× faster (313 -> 208 ms at
-    128², 963 -> 565 ms at 256²). A border window's mean is over the ``rows × cols`` pixels it covers.
-    """
-    p = win // 2
-    h, w = x.shape[-2:]
-    rows = F.pad(x, (p, p)).unfold(-1, win, 1).sum(-1)
-    sums = F.pad(rows, (0, 0, p, p)).unfold(-2, win, 1).sum(-1)
-    return sums / _window_counts(h, win, x.device, x.dtype)[:, None] / _window_counts(w, win, x.device, x.dtype)
 
 
 def local_ncc_map(a: Tensor, b: Tensor, win: int = 9, squared: bool = False) -> Tensor:

@@ -55,7 +55,7 @@ class RegNet(
         final_features: extra convolutions at the output resolution before the flow head.
             Default (16,).
         int_downsize: the field is predicted at ``1 / int_downsize`` of the input resolution
-            and upsampled (VoxelMorph's ``int_downsize``; 2 is about 4× cheaper than 1). Default 2.
+            and upsampled (VoxelMorph's ``int_downsize``; 2 skips the decoder's full-resolution level). Default 2.
         int_steps: 0 predicts the displacement directly; > 0 predicts a stationary velocity
             field integrated by scaling and squaring in that many steps (diffeomorphic mode,
             VoxelMorph uses 7). Default 0.

@@ -3,10 +3,11 @@
 Bilinear resampling averages neighbouring pixels by an amount that depends on the sub-pixel
 shift, so warping a noisy source removes more of its noise at half-pixel shifts than at whole ones.
 A similarity such as local NCC rewards that, and the optimisation drifts towards the shifts that
-smooth the noise best ("interpolation bias"). On photographs with Gaussian noise of std 0.02 this
-took ``net+refine`` from 0.29 px (clean) to 0.60 px at 128², worse than the network alone. Comparing
-slightly smoothed images with a wider NCC window removes most of that bias, but costs accuracy on
-clean images, so :func:`regcore.register` does it only when :func:`noise_std` finds noise.
+smooth the noise best ("interpolation bias"), and on noisy photographs ``net+refine`` ended up
+worse than the network alone. Comparing slightly smoothed images with a wider NCC window removes
+most of that bias, but costs accuracy on clean images, so :func:`regcore.register` does it only
+when :func:`noise_std` finds noise (the benchmark's ``photo128-noise`` set,
+``benchmarks/results/results.md``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import gaussian_blur
+from .filters import gaussian_blur
 
 __all__ = ["NOISY_ABOVE", "SMOOTH_SIGMA", "SMOOTH_WIN", "noise_std", "smooth_image"]
 
-#: Estimated noise std (intensity units, images in [0, 1]) above which images count as noisy.
-#: Every clean photograph of the benchmark's set estimates at < 0.001 and noise of std 0.01
-#: at 0.004-0.011; from 0.01 on, smoothing helped on tuning pairs.
+#: Estimated noise std (intensity units, images in [0, 1]) above which images count as noisy:
+#: well above what clean photographs estimate at, and within the range that noise of std 0.01
+#: (the level from which smoothing helped on tuning pairs) estimates at.
 NOISY_ABOVE = 0.008
 #: Gaussian std (pixels) of the smoothing applied to noisy images before optimisation.
 SMOOTH_SIGMA = 1.0

@@ -2,7 +2,7 @@
 
 Used two ways by :func:`regcore.register`: from a zero field over a multi-resolution pyramid
 (``"optimize"``, the classical iterative method, no network), and from the network's field over
-a short pyramid (``"net+refine"``, see ``regcore.api.REFINE_LEVELS``). At each level the field is
+a short pyramid (``"net+refine"``, see ``regcore.pipeline.REFINE_LEVELS``). At each level the field is
 parameterised as a correction on a grid twice as coarse as the level being optimised, upsampled
 bilinearly: that keeps it smooth where the images are flat (where Adam would otherwise amplify
 tiny gradients into noise) and halves the work.

@@ -1,6 +1,6 @@
 """A Lucas–Kanade step that polishes the network's field, in about a millisecond per 128² pair.
 
-The network's field is smooth and already close (about 0.6 px off on photographs at 128²), but it
+The network's field is smooth and already close (within a pixel on photographs), but it
 is least precise where the images are most textured, which is exactly where a linearised, local
 least-squares update (Lucas & Kanade, 1981) is most reliable. :func:`lucas_kanade_step` solves, in
 every ``win × win`` window, for the small displacement ``d`` that best explains the residual
@@ -12,9 +12,9 @@ for motion. A ridge term keeps flat windows, where nothing can be measured, from
 Each window's answer is then averaged with its neighbours', weighted by how well determined it is,
 so that windows with little texture borrow from textured ones instead of answering with noise.
 
-Measured through ``register(method="net")`` on photographs deformed with tuning seeds (not the
-benchmark's): 0.74 -> 0.40 px at 128² and 0.54 -> 0.19 px at 256² (there with the network at half
-resolution and two steps, ``regcore.api.HALF_NET_FROM``), folding 0.000-0.001%.
+:func:`regcore.register` runs it after the network for ``method="net"`` (two steps after a
+half-resolution network from ``regcore.pipeline.HALF_NET_FROM`` px on); what it gains is in the
+benchmark's ``net`` and ``net-raw`` rows (``benchmarks/results/results.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import box_mean
+from .filters import box_mean
 from .warp import warp
 
 __all__ = ["LK_WIN", "NORM_WIN", "RIDGE", "local_normalise", "lucas_kanade_step"]

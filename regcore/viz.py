@@ -95,7 +95,7 @@ def image_strip(images: Sequence[np.ndarray], gap: int = 4, zoom: int = 1) -> np
 def _image_uri(image: np.ndarray, max_side: int = FIGURE_IMAGE_SIDE) -> tuple[str, tuple[int, int]]:
     """``(H, W)`` in [0, 1] or ``(H, W, 3)`` uint8 -> (JPEG data URI, its ``(h, w)``), downsampled to ``max_side``.
 
-    JPEG, not PNG: a figure's backdrop needs no exact pixels, and JPEG is ~4× smaller and faster
+    JPEG, not PNG: a figure's backdrop needs no exact pixels, and JPEG is much smaller and faster
     to encode, which keeps the figure JSON (sent on every request) light.
     """
     pil = Image.fromarray(image if image.dtype == np.uint8 else to_uint8(image))
@@ -130,7 +130,7 @@ def _arrow_path(x: np.ndarray, y: np.ndarray, u: np.ndarray, v: np.ndarray, head
     """One polyline for many arrows from ``(x, y)`` to ``(x + u, y + v)``, with NaN gaps between pieces.
 
     (numpy arrays with NaN gaps, not lists with None: plotly validates lists element by element,
-    which is ~10× slower, and ships arrays as compact binary.)
+    which is much slower, and ships arrays as compact binary.)
 
     Each arrow is a shaft and a two-barbed head ``head`` times the shaft's length, barbs 20° off the shaft.
     """

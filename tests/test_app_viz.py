@@ -1,4 +1,4 @@
-"""The app's pictures (regcore.viz) and Learn/Compare computations (regcore.demo): fast unit tests, no server."""
+"""The app's pictures (regcore.viz) and Learn/Compare computations (webapp.compute): fast unit tests, no server."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from regcore import demo, viz
-from regcore.bench import tvl1_flow
+from regcore import viz
+from regcore.classical import tvl1_flow
 from regcore.metrics import endpoint_error, folding_percent, image_scores
 from regcore.warp import warp
+from webapp import compute as demo
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +168,7 @@ def test_compare_methods_scores_every_method_on_the_same_pixels(no_checkpoints, 
     target = _warp(photo, _constant_flow(photo.shape, 2.0, -1.0))
     seen = []
     results = demo.compare_methods(photo, target, max_side=64, refine_steps=20, progress=seen.append)
-    assert [r.method for r in results] == seen == ["optimize", "tvl1"]
+    assert [r.method for r in results] == seen == ["optimize", "tvl1", "dis-fine"]
     for r in results:
         assert r.flow.shape == (2, 64, 64) and r.before == results[0].before
         assert r.after["local_ncc"] > r.before["local_ncc"]

@@ -1,7 +1,7 @@
 """Speed experiments on the network path: where ``register(method="net")`` spends its time, and
 which CPU inference variants of :class:`regcore.RegNet` are faster.
 
-``python benchmarks/run.py --speedups`` runs :func:`profile_register` (torch profiler, top ops),
+``python -m benchmarks.run --speedups`` runs :func:`profile_register` (torch profiler, top ops),
 :func:`register_breakdown` (network vs the rest of ``register()``) and :func:`forward_variants`
 (eager ``no_grad`` / ``inference_mode``, channels-last, TorchScript freeze, ``torch.compile``,
 ONNX Runtime when installed, at 1 and 2 threads). Variants are timed round-robin (one call of
@@ -23,9 +23,12 @@ from unittest import mock
 import numpy as np
 import torch
 
-from .bench import EvalSet, build_pairs
-from .checkpoints import load_model
-from .inference import onnx_enabled, onnx_session, session_trunk
+from regcore import losses
+from regcore.api import register
+from regcore.checkpoints import load_model
+from regcore.inference import onnx_enabled, onnx_session, session_trunk
+
+from .suite import EvalSet, build_pairs
 
 __all__ = ["forward_variants", "profile_register", "register_before_after", "register_breakdown", "round_robin"]
 
@@ -51,8 +54,6 @@ def profile_register(model: str, side: int = 256, calls: int = 5, rows: int = 12
     """torch-profiler table (self CPU time) of ``register(method="net")`` on the PyTorch path at ``side``², after a warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
-    from .api import register
-
     source, target = _pair(side)
     # The PyTorch path: ONNX Runtime's work is invisible to the profiler.
     with mock.patch.dict(os.environ, {"REGCORE_ONNX": "0"}):
@@ -67,7 +68,6 @@ def register_breakdown(model: str, sides: Sequence[int] = (128, 256), rounds: in
     """Median ms of ``register(method="net")``, of the network forward inside it, and of scoring
     its result (``result.before`` and ``result.after``: image scores, folding and Jacobian), which
     register() leaves until they are first read."""
-    from .api import register
 
     net = load_model(model)
     out = []
@@ -101,14 +101,11 @@ def register_before_after(model: str, sides: Sequence[int] = (128, 256), rounds:
 
     Three states, alternating in this process: "before" (contiguous-format weights, PyTorch,
     2-D ``avg_pool2d`` box mean in local NCC: the code before the speed-ups), "torch" (channels-
-    last weights, :func:`regcore.losses.box_mean` as it is now (window sums of strided views), ``REGCORE_ONNX=0``) and
-    "onnx" (the same with ONNX Runtime for the network, when installed: the default).
+    last weights, :func:`regcore.filters.box_mean` as it is now (window sums of strided views), ``REGCORE_ONNX=0``) and
+    "onnx" (the same with ONNX Runtime for the network, when installed: the default). The box mean
+    is swapped where local NCC looks it up, ``regcore.losses.box_mean``.
     """
-
     import torch.nn.functional as F
-
-    from . import losses
-    from .api import register
 
     net = load_model(model)
     current = losses.box_mean

@@ -1,0 +1,454 @@
+"""The steps of :func:`regcore.register` and the methods it runs.
+
+``register()`` is a short pipeline, one function per step:
+
+1. **prepare**: :func:`load_pair` reads and checks both images, :func:`choose_method` picks the
+   method (and loads its network), :func:`prepare` makes the working pair (target at the source's
+   size, longer side capped at ``max_side``, contrast inversion detected);
+2. **initial field**: ``METHODS[name].start(work)``: the network's field, or None (zero);
+3. **refinement**: ``METHODS[name].refine(work, flow)``: the method's own per-pair work;
+4. **result**: :func:`to_source_grid` scales the field back to the source's size and warps.
+
+Every method is one :class:`Method` entry in :data:`METHODS`. To add one, write its ``start``
+and ``refine`` functions (or reuse those here) and add an entry: the Python API, the CLI's
+``--method`` choices and the app's method list all read :data:`METHODS`.
+
+Fields here are ``(1, 2, h, w)`` float32 tensors in pixels (channel 0 rows, 1 columns; backward
+warp), images ``(1, 1, h, w)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoints import available_models, load_model
+from .classical import dis_flow, farneback_flow, ilk_flow, tvl1_flow
+from .errors import RegcoreError
+from .inference import network_flow
+from .io import ImageLike, input_label, load_image
+from .losses import global_ncc, make_similarity
+from .nets import RegNet
+from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
+from .optimize import optimize_flow, pyramid_levels
+from .polish import lucas_kanade_step
+from .warp import resize_flow, warp
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_OPTIMIZE_STEPS",
+    "DEFAULT_REFINE_STEPS",
+    "DEFAULT_REG_WEIGHT",
+    "FALLBACK_METHOD",
+    "HALF_NET_FROM",
+    "INVERTED_BELOW",
+    "METHODS",
+    "MIN_SIDE",
+    "NET_MAX_SIDE",
+    "POLARITIES",
+    "PRESMOOTH_MODES",
+    "REFINE_LEVELS",
+    "Choice",
+    "Method",
+    "Options",
+    "Work",
+    "choose_method",
+    "load_pair",
+    "prepare",
+    "to_source_grid",
+]
+
+#: Refinement steps per pyramid level of ``"net+refine"`` when ``refine_steps`` is not given.
+DEFAULT_REFINE_STEPS = 30
+#: Pyramid levels of the ``"net+refine"`` refinement (fewer for small images): the network's error
+#: is mostly smooth and low-frequency, which full-resolution steps remove slowly, so the
+#: refinement starts at quarter resolution.
+REFINE_LEVELS = 3
+#: From this shorter side (px) on, ``method="net"`` (polished) runs the network at half resolution
+#: and polishes at full resolution with two Lucas–Kanade steps instead of one: as accurate, and
+#: cheaper, than the full-resolution network there. Below it the half-resolution network is too
+#: coarse for the polish to recover.
+HALF_NET_FROM = 256
+#: Optimisation steps per pyramid level of ``"optimize"`` when ``refine_steps`` is not given.
+DEFAULT_OPTIMIZE_STEPS = 100
+#: Images whose longer side exceeds this are registered at this size; the field is scaled back.
+NET_MAX_SIDE = 512
+#: Default weight of the smoothness term in the per-pair optimisation.
+DEFAULT_REG_WEIGHT = 1.0
+#: Smallest accepted side, in pixels: below this there is too little image to align (the local
+#: NCC window alone is 9 px) and the result would mean nothing.
+MIN_SIDE = 8
+#: ``polarity="auto"`` takes the target's contrast as inverted when the whole-image correlation of
+#: source and target is below this. Deformed pairs of one image correlate at about +0.5 to +0.9,
+#: inverted ones at about -0.5 to -0.9 and unrelated images near 0, so a small negative margin keeps
+#: noise from flipping unrelated pairs.
+INVERTED_BELOW = -0.1
+POLARITIES = ("auto", "keep")
+#: ``presmooth``: "auto" smooths for the optimisation only when the images look noisy (regcore.noise).
+PRESMOOTH_MODES = ("auto", "on", "off")
+
+Progress = Callable[[int, int, float], None]
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Options:
+    """:func:`regcore.register`'s options, grouped and checked on creation (a one-line RegcoreError
+    for an invalid one, before any work is done). Each is documented on ``register()``."""
+
+    method: str | None = None
+    model: str | os.PathLike | None = None
+    refine_steps: int | None = None
+    similarity: str = "ncc"
+    reg_weight: float = DEFAULT_REG_WEIGHT
+    device: str | torch.device = "cpu"
+    max_side: int = NET_MAX_SIDE
+    progress: Progress | None = None
+    timeout_s: float | None = None
+    polarity: str = "auto"
+    presmooth: str = "auto"
+    polish: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method is not None and self.method not in METHODS:
+            raise RegcoreError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.refine_steps is not None and not (_is_count(self.refine_steps) and self.refine_steps >= 0):
+            raise RegcoreError(f"refine_steps must be a whole number >= 0, got {self.refine_steps!r}")
+        try:
+            make_similarity(self.similarity)
+        except (ValueError, TypeError) as err:
+            raise RegcoreError(str(err)) from None
+        # A NaN or negative weight makes the optimisation diverge (and NaN fields crash grid_sample's backward).
+        if not isinstance(self.reg_weight, numbers.Real) or not math.isfinite(self.reg_weight) or self.reg_weight < 0:
+            raise RegcoreError(f"reg_weight must be a finite number >= 0, got {self.reg_weight!r}")
+        if not (_is_count(self.max_side) and self.max_side >= 16):
+            raise RegcoreError(f"max_side must be a whole number of at least 16, got {self.max_side!r}")
+        if self.progress is not None and not callable(self.progress):
+            raise RegcoreError(f"progress must be a function progress(done, total, loss), got {type(self.progress).__name__}")
+        if self.timeout_s is not None and (not isinstance(self.timeout_s, numbers.Real) or not self.timeout_s > 0):
+            raise RegcoreError(f"timeout_s must be a number of seconds > 0, got {self.timeout_s!r}")
+        if self.polarity not in POLARITIES:
+            raise RegcoreError(f"polarity must be one of {', '.join(POLARITIES)}, got {self.polarity!r}")
+        if self.presmooth not in PRESMOOTH_MODES:
+            raise RegcoreError(f"presmooth must be one of {', '.join(PRESMOOTH_MODES)}, got {self.presmooth!r}")
+        if not isinstance(self.polish, bool):
+            raise RegcoreError(f"polish must be True or False, got {self.polish!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Prepare
+# ---------------------------------------------------------------------------------------------
+
+
+def _tensor(image: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=True, antialias=shrinking).clamp(0, 1)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RegcoreError(f"device {device!r} asked for, but no CUDA GPU is available")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RegcoreError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'") from None
+
+
+def load_pair(source: ImageLike, target: ImageLike, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as ``(H, W)`` float32 in [0, 1] (:func:`regcore.io.load_image`), each side at least ``MIN_SIDE`` px."""
+    images = load_image(source, "source", notes=notes), load_image(target, "target", notes=notes)
+    for image, given, role in zip(images, (source, target), ("source", "target"), strict=True):
+        if min(image.shape) < MIN_SIDE:
+            size = f"{image.shape[1]}x{image.shape[0]}"
+            raise RegcoreError(f"{input_label(given, role)}: {size} is too small to register; each side needs at least {MIN_SIDE} px")
+    return images
+
+
+class Choice(NamedTuple):
+    """What :func:`choose_method` settled: the method's name, its network (or None), the model's name, the device."""
+
+    method: str
+    net: RegNet | None
+    model: str | None
+    device: torch.device
+
+
+def choose_method(options: Options, notes: list[str]) -> Choice:
+    """The method to run (``options.method``, else :data:`DEFAULT_METHOD` when a checkpoint is
+    available and :data:`FALLBACK_METHOD` when not, with a note) and, if it needs one, its network."""
+    device = _device(options.device)
+    shipped = available_models() if options.model is None else {}  # scanned once: load_model gets the folder
+    model = str(options.model) if options.model is not None else next(iter(shipped), None)
+    method = options.method
+    if method is None:
+        method = DEFAULT_METHOD if model is not None else FALLBACK_METHOD
+        if model is None:
+            notes.append(f"no trained checkpoint found: used {METHODS[method].label} (method {method!r})")
+    elif METHODS[method].network and model is None:
+        raise RegcoreError(f"method {method!r} needs a trained checkpoint, and none was found or given")
+    net = load_model(shipped.get(model, model), device) if METHODS[method].network else None
+    return Choice(method, net, model if net is not None else None, device)
+
+
+@dataclass
+class Work:
+    """A pair ready to register (what :func:`prepare` makes and every method works on).
+
+    Attributes:
+        source, target: ``(1, 1, h, w)`` at the working size; the target contrast-inverted when
+            ``polarity="auto"`` found it anti-correlated.
+        full_source, full_target: ``(1, 1, H, W)`` at the source's size, as given (warping, scores).
+        options, net, notes: register()'s options, the network (or None), the notes so far.
+        steps: optimisation steps per pyramid level (``refine_steps`` or the method's default).
+        start: ``time.perf_counter()`` when registration began (for ``timeout_s``).
+    """
+
+    source: Tensor
+    target: Tensor
+    full_source: Tensor
+    full_target: Tensor
+    options: Options
+    net: RegNet | None
+    notes: list[str]
+    steps: int | None
+    start: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.source.shape[-2:])
+
+
+def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Choice, notes: list[str], start: float) -> Work:
+    """The working pair: target resampled to the source's size, longer side capped at
+    ``max_side``, and the target's contrast inverted when ``polarity="auto"`` finds the pair
+    anti-correlated (below :data:`INVERTED_BELOW`); each of these adds a note."""
+    size = source.shape
+    if target.shape != size:
+        notes.append(f"target resized from {target.shape[1]}x{target.shape[0]} to the source's {size[1]}x{size[0]}")
+    for label, image in (("source", source), ("target", target)):
+        if float(image.max() - image.min()) < 1e-6:
+            notes.append(f"the {label} image is constant: NCC is undefined and there is nothing to align, so the field is meaningless")
+    src_t = _tensor(source, choice.device)
+    tgt_t = _resize(_tensor(target, choice.device), size)
+    scale = min(1.0, options.max_side / max(size))
+    work = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    if work != size:
+        notes.append(f"registered at {work[1]}x{work[0]} (longer side capped at {options.max_side}); the field was scaled back")
+    src_w, tgt_w = _resize(src_t, work), _resize(tgt_t, work)
+    if options.polarity == "auto":
+        correlation = float(global_ncc(src_w, tgt_w)[0])
+        if correlation < INVERTED_BELOW:
+            tgt_w = 1.0 - tgt_w
+            notes.append(
+                f"source and target are anti-correlated ({correlation:.2f}): the target's contrast was taken as inverted"
+                " and the field found against its negative"
+            )
+    default_steps = METHODS[choice.method].default_steps
+    steps = options.refine_steps if options.refine_steps is not None else default_steps
+    return Work(src_w, tgt_w, src_t, tgt_t, options, choice.net, notes, steps, start)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Initial fields
+# ---------------------------------------------------------------------------------------------
+
+
+def zero_start(work: Work) -> None:
+    """No initial field: the method starts from the identity."""
+    return None
+
+
+def network_start(work: Work) -> Tensor:
+    """The network's field on the working pair (ONNX Runtime or channels-last on CPU, :mod:`regcore.inference`)."""
+    return network_flow(work.net, work.source, work.target)
+
+
+def _half_network(work: Work) -> bool:
+    """Whether ``"net"`` runs the network at half resolution (polish on, shorter side from ``HALF_NET_FROM``)."""
+    return work.options.polish and min(work.size) >= HALF_NET_FROM
+
+
+def net_start(work: Work) -> Tensor:
+    """``"net"``'s initial field: :func:`network_start`, at half resolution and upsampled when :func:`_half_network`."""
+    if not _half_network(work):
+        return network_start(work)
+    half = (work.size[0] // 2, work.size[1] // 2)
+    return resize_flow(network_flow(work.net, _resize(work.source, half), _resize(work.target, half)), work.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Refinements
+# ---------------------------------------------------------------------------------------------
+
+
+def polish(work: Work, flow: Tensor) -> Tensor:
+    """Lucas–Kanade steps on the network's field (:mod:`regcore.polish`): none with ``polish=False``,
+    two after a half-resolution network, else one."""
+    steps = (2 if _half_network(work) else 1) if work.options.polish else 0
+    with torch.inference_mode():
+        for _ in range(steps):
+            flow = lucas_kanade_step(work.source, work.target, flow)
+    return flow
+
+
+def _with_deadline(progress: Progress | None, timeout_s: float | None, start: float) -> Progress | None:
+    """Wrap ``progress`` so that the optimisation stops with a RegcoreError once ``timeout_s`` has passed."""
+    if timeout_s is None:
+        return progress
+
+    def check(done: int, total: int, loss: float) -> None:
+        if progress is not None:
+            progress(done, total, loss)
+        if time.perf_counter() - start > timeout_s:
+            raise RegcoreError(f"registration took longer than {timeout_s:g} s and was stopped after {done} of {total} steps")
+
+    return check
+
+
+def _for_optimisation(work: Work) -> tuple[Tensor, Tensor, dict]:
+    """The images the optimisation compares, and its extra options (see ``presmooth`` on register())."""
+    mode = work.options.presmooth
+    if mode == "off":
+        return work.source, work.target, {}
+    if mode == "auto":
+        noise = max(noise_std(work.source), noise_std(work.target))
+        if noise <= NOISY_ABOVE:
+            return work.source, work.target, {}
+        work.notes.append(
+            f"the images look noisy (estimated noise std {noise:.3f}): the optimisation compared them smoothed"
+            f" (Gaussian {SMOOTH_SIGMA:g} px, NCC window {SMOOTH_WIN}) so that the field does not fit the noise"
+        )
+    return smooth_image(work.source), smooth_image(work.target), {"win": SMOOTH_WIN}
+
+
+def optimise(work: Work, flow: Tensor | None, max_levels: int | None = None) -> Tensor:
+    """Per-pair optimisation from ``flow`` (:func:`regcore.optimize.optimize_flow`): ``work.steps``
+    Adam steps per pyramid level, over at most ``max_levels`` levels (None: down to 16 px)."""
+    levels = pyramid_levels(work.size) if max_levels is None else min(max_levels, pyramid_levels(work.size))
+    source, target, extra = _for_optimisation(work)
+    opts = work.options
+    with torch.enable_grad():
+        callback = _with_deadline(opts.progress, opts.timeout_s, work.start)
+        return optimize_flow(source, target, flow, work.steps, levels, opts.similarity, float(opts.reg_weight), callback=callback, **extra)
+
+
+def classical(flow_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[Work, None], Tensor]:
+    """A refinement that runs a :mod:`regcore.classical` method on the working pair (from zero)."""
+
+    def refine(work: Work, flow: None) -> Tensor:
+        field = flow_fn(work.source[0, 0].cpu().numpy(), work.target[0, 0].cpu().numpy())
+        return torch.from_numpy(field)[None].to(work.source.device)
+
+    return refine
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Result
+# ---------------------------------------------------------------------------------------------
+
+
+def to_source_grid(work: Work, flow: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The field ``(1, 2, H, W)`` scaled back to the source's size (zero if None), and the source warped by it ``(1, 1, H, W)``."""
+    if flow is None:
+        flow = torch.zeros((1, 2, *work.size), device=work.source.device)
+    flow = resize_flow(flow, tuple(work.full_source.shape[-2:]))
+    with torch.inference_mode():
+        # Bilinear weights can sum to 1 + 1 ulp in float32: clamp to keep the [0, 1] contract.
+        warped = warp(work.full_source, flow).clamp_(0.0, 1.0)
+    return flow, warped
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registration method: where its field starts (step 2) and how it is refined (step 3).
+
+    Attributes:
+        label: a short human name (the app's method list, notes).
+        summary: what it does, one line.
+        start: ``start(work)``: the initial field ``(1, 2, h, w)`` px, or None for zero.
+        refine: ``refine(work, flow)``: the field after the method's per-pair work.
+        network: whether it needs a trained checkpoint (register() loads it into ``work.net``).
+        default_steps: ``refine_steps`` when not given; None when the method takes no steps
+            (``refine_steps`` is then ignored).
+    """
+
+    label: str
+    summary: str
+    start: Callable[[Work], Tensor | None]
+    refine: Callable[[Work, Tensor | None], Tensor]
+    network: bool = False
+    default_steps: int | None = None
+
+
+def _classical_method(label: str, summary: str, flow_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Method:
+    return Method(label, summary, zero_start, classical(flow_fn))
+
+
+#: Every method :func:`regcore.register` runs, by name (``method=``). Classical methods see the
+#: same working pair as the network (size cap, contrast inversion) and ignore ``refine_steps``,
+#: ``similarity``, ``reg_weight``, ``presmooth`` and ``progress``; ``timeout_s`` cannot stop them.
+METHODS: dict[str, Method] = {
+    "net": Method(
+        "network",
+        "one network pass, then a Lucas–Kanade polish (polish=False: the network's field alone)",
+        net_start,
+        polish,
+        network=True,
+    ),
+    "net+refine": Method(
+        "network + refinement",
+        f"the network's field, then per-pair optimisation over up to {REFINE_LEVELS} pyramid levels",
+        network_start,
+        partial(optimise, max_levels=REFINE_LEVELS),
+        network=True,
+        default_steps=DEFAULT_REFINE_STEPS,
+    ),
+    "optimize": Method(
+        "optimisation only",
+        "per-pair optimisation from zero over a pyramid down to 16 px; no network",
+        zero_start,
+        optimise,
+        default_steps=DEFAULT_OPTIMIZE_STEPS,
+    ),
+    "tvl1": _classical_method("TV-L1 (scikit-image)", "scikit-image's TV-L1 optical flow, default parameters", tvl1_flow),
+    "ilk": _classical_method("ILK (scikit-image)", "scikit-image's iterative Lucas–Kanade, radius 7", ilk_flow),
+    "dis": _classical_method("DIS (OpenCV)", "OpenCV's DIS optical flow, MEDIUM preset", dis_flow),
+    "dis-fast": _classical_method("DIS fast (OpenCV)", "OpenCV's DIS optical flow, FAST preset", partial(dis_flow, preset="fast")),
+    "dis-fine": _classical_method(
+        "DIS fine (OpenCV)",
+        "OpenCV's DIS optical flow, MEDIUM preset down to full resolution, 10 variational refinement iterations",
+        partial(dis_flow, preset="fine"),
+    ),
+    "farneback": _classical_method("Farnebäck (OpenCV)", "OpenCV's Farnebäck optical flow, OpenCV's typical parameters", farneback_flow),
+}
+#: The method ``register()`` runs when none is given and a checkpoint is available ...
+DEFAULT_METHOD = "net+refine"
+#: ... and when none is (it needs no network).
+FALLBACK_METHOD = "optimize"
