@@ -3,10 +3,11 @@
 Accepted: numpy arrays (2-D gray, or 3-D with 1, 3 or 4 channels last; bool, integer or float),
 PIL images, and paths / ``bytes`` of any file Pillow reads (PNG, JPEG, TIFF, BMP, GIF, WebP ...),
 whatever the file's extension says. Colour becomes luminance (ITU-R 601, Pillow's ``L``); alpha
-is composited onto white (what an image viewer shows). Values: ``uint8`` / 8-bit files are divided
-by 255, ``uint16`` / 16-bit files by 65535, other integers by 255 or 65535 when they fit that
-range and min-max scaled otherwise; floats are kept if already in [0, 1] and min-max scaled
-otherwise; NaN or infinite values are refused. EXIF orientation is applied. Multi-frame files
+is composited onto white (what an image viewer shows). Values: integer images whose values lie in
+0..255 (``uint8``, 8-bit files, or 8-bit data in a wider type) are divided by 255; any other
+integer image (16-bit files, 12-bit data in a 16-bit container, signed data) is min-max scaled to
+[0, 1] by its actual range, so 12-bit data registers as 8-bit data does; floats are kept if
+already in [0, 1] and min-max scaled otherwise; NaN or infinite values are refused. EXIF orientation is applied. Multi-frame files
 (animated GIF, multi-page TIFF) give their first frame. Things done that the caller may not
 expect (first frame, EXIF rotation, transparency, rescaling) are reported through ``notes``.
 
@@ -181,18 +182,16 @@ def _from_array(arr: np.ndarray, name: str, max_pixels: int, notes: list[str]) -
 
 
 def _unit_range(arr: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
-    """Any numeric array -> float32 in [0, 1], by its dtype's range (8/16-bit) or its values."""
+    """Any numeric array -> float32 in [0, 1]: 8-bit data ÷255, anything else by its actual range (a note says so)."""
     if arr.dtype == bool:
         return arr.astype(np.float32)
-    if arr.dtype in (np.uint8, np.uint16):
-        return (arr / float(np.iinfo(arr.dtype).max)).astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        # Wider integers (numpy's default int64, 32-bit TIFFs) rarely use their full range: an
-        # int64 array of 0..255 is 8-bit data, not a nearly black image.
-        lo, hi = int(arr.min()), int(arr.max())
-        for top in (255, 65535):
-            if lo >= 0 and hi <= top:
-                return (arr / float(top)).astype(np.float32)
+    # Integer images rarely use their type's full range: an int64 array of 0..255 is 8-bit data,
+    # and 12-bit data (cameras, CT, MR) comes in 16-bit containers. Dividing by 65535 would put it
+    # in [0, 0.06], where every threshold that assumes [0, 1] (constant-image check, noise
+    # estimate, NCC and polish epsilons) misfires. So values within 0..255 are 8-bit data (÷255)
+    # and any other integer image is scaled by its actual range (below).
+    if np.issubdtype(arr.dtype, np.integer) and int(arr.min()) >= 0 and int(arr.max()) <= 255:
+        return (arr / np.float32(255)).astype(np.float32)
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ImageError(f"{name}: the image contains NaN or infinite values")

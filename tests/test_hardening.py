@@ -137,7 +137,8 @@ def test_transparent_png_and_palette_are_composited_on_white(gray):
 
 def test_high_bit_depth_files_keep_their_range(gray):
     img16 = Image.fromarray(gray.astype(np.uint16) * 257)
-    assert np.allclose(load_image(_encode(img16, "TIFF")), gray / 255, atol=1e-6)
+    stretched = (gray - gray.min()) / (gray.max() - gray.min())  # 16-bit data: by its actual range
+    assert np.allclose(load_image(_encode(img16, "TIFF")), stretched, atol=1e-6)
     values = gray.astype(np.float32) / 255 * 3 - 1  # float TIFF in [-1, 2]
     notes: list[str] = []
     image = load_image(_encode(Image.fromarray(values), "TIFF"), notes=notes)
@@ -190,7 +191,9 @@ def test_array_and_pil_limits_are_checked_before_conversion():
     [
         (np.array([[0, 255]]), [[0.0, 1.0]]),  # numpy's default int64 holding 8-bit data
         (np.array([[0, 65535]], np.int32), [[0.0, 1.0]]),
-        (np.array([[0, 1000]], np.uint16), [[0.0, 1000 / 65535]]),  # uint16 keeps its full range
+        (np.array([[0, 1000]], np.uint16), [[0.0, 1.0]]),  # uint16 beyond 8 bits: by its actual range
+        (np.array([[0, 200]], np.uint16), [[0.0, 200 / 255]]),  # 8-bit data in a 16-bit container
+        (np.array([[1000, 4095]], np.uint16), [[0.0, 1.0]]),  # 12-bit data: not [0.015, 0.06]
         (np.array([[10**6, 3 * 10**6]]), [[0.0, 1.0]]),  # beyond 16 bits: min-max
         (np.array([[-5, 5]], np.int8), [[0.0, 1.0]]),
         (np.array([[True, False]]), [[1.0, 0.0]]),
