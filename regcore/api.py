@@ -144,8 +144,11 @@ def register(
             ``"dis"``, ``"dis-fast"``, ``"dis-fine"``, ``"farneback"`` (OpenCV;
             :mod:`regcore.classical`). Default: ``"net+refine"`` when a checkpoint is
             available, else ``"optimize"`` (and a note says so).
-        model: a checkpoint folder, shipped checkpoint name or Hub repo id; default the shipped
-            local-NCC model. Used by the network methods only.
+        model: a checkpoint folder or a shipped checkpoint's name (``regcore.available_models()``);
+            default the shipped local-NCC model. ``"hf:user/repo"`` fetches a model from the
+            Hugging Face Hub: the only case in which ``register()`` makes a network request (an
+            unknown name without the prefix is an error listing the shipped models). Used by the
+            network methods only.
         refine_steps: optimisation steps per pyramid level (``"net+refine"``: up to
             ``REFINE_LEVELS`` levels starting from the network's field, default
             ``DEFAULT_REFINE_STEPS``; ``"optimize"``: every level down to 16 px, default

@@ -8,9 +8,13 @@ the network it builds (checked from the safetensors header before any weight is 
 
 Shipped checkpoints live in ``checkpoints/`` at the repository top, and an installed package
 carries them as ``regcore/models/`` (package data, see ``pyproject.toml``); ``REGCORE_CHECKPOINTS``
-points elsewhere (:func:`checkpoint_dir`). A Hugging Face Hub repo id (``user/repo``) is fetched
-with ``huggingface_hub`` when it is not a local folder; offline, that fails with a clear error
-and never hangs when ``HF_HUB_OFFLINE=1``.
+points elsewhere (:func:`checkpoint_dir`).
+
+The network is reached only when asked for explicitly: a model named ``hf:user/repo`` (the
+prefix :data:`HUB_PREFIX`) is fetched from the Hugging Face Hub with ``huggingface_hub``; offline,
+that fails with a clear error and never hangs when ``HF_HUB_OFFLINE=1``. Any other name is a
+folder or a shipped checkpoint, and an unknown one is a one-line :class:`CheckpointError` that
+lists the shipped ones (a typo such as ``runs/ncc`` is never taken for a Hub repo).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .nets import RegNet
 
 __all__ = [
     "CONFIG_NAME",
+    "HUB_PREFIX",
     "WEIGHTS_NAME",
     "available_models",
     "checkpoint_dir",
@@ -44,6 +49,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 #: The shipped model ``register()`` uses unless told otherwise (the local-NCC one).
 DEFAULT_MODEL = "ncc"
+#: A model name with this prefix is a Hugging Face Hub repo id (``hf:user/repo``): the only way
+#: the library makes a network request.
+HUB_PREFIX = "hf:"
 #: Bounds on a config's values: RegNet pads inputs to a multiple of ``2 ** len(enc_features)``,
 #: and its weights grow with the square of the feature counts.
 MAX_LEVELS = 8
@@ -87,16 +95,21 @@ def _resolve(model: str | os.PathLike) -> Path:
         return path
     if path.name == WEIGHTS_NAME and path.is_file():
         return path.parent
-    shipped = available_models()
-    if str(model) in shipped:
-        return shipped[str(model)]
     text = str(model)
-    if text.count("/") == 1 and not path.exists():
-        return _from_hub(text)
-    raise CheckpointError(f"no checkpoint named {text!r}: not a folder, and the shipped ones are {', '.join(shipped) or 'none'}")
+    if isinstance(model, str) and text.startswith(HUB_PREFIX):
+        return _from_hub(text[len(HUB_PREFIX) :])
+    shipped = available_models()
+    if text in shipped:
+        return shipped[text]
+    raise CheckpointError(
+        f"no checkpoint {text!r}: not a checkpoint folder, and the shipped models are {', '.join(shipped) or 'none'}"
+        f" (a Hugging Face Hub model needs the prefix {HUB_PREFIX}, as in {HUB_PREFIX}user/repo)"
+    )
 
 
 def _from_hub(repo_id: str) -> Path:
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise CheckpointError(f"{HUB_PREFIX}{repo_id!r} is not a Hugging Face Hub repo id; expected {HUB_PREFIX}user/repo")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -171,7 +184,7 @@ def _check_header(weights: Path, config: dict) -> None:
 
 
 def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> RegNet:
-    """Load a checkpoint folder, a shipped checkpoint name or a Hub repo id; cached, in eval mode.
+    """Load a checkpoint folder, a shipped checkpoint name or a Hub repo id (``hf:user/repo``); cached, in eval mode.
 
     Raises:
         CheckpointError: missing, corrupt, or not matching the network; the message names the file.

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--method", choices=list(METHODS), default=None, help=f"default: {DEFAULT_METHOD} with a checkpoint, else {FALLBACK_METHOD}"
     )
-    r.add_argument("--model", default=None, help="checkpoint folder, shipped name or Hub repo id")
+    r.add_argument("--model", default=None, help="checkpoint folder, shipped name, or hf:user/repo for a Hugging Face Hub model")
     r.add_argument("--refine-steps", type=int, default=None, help="optimisation steps per pyramid level (net+refine, optimize)")
     r.add_argument("--similarity", choices=["ncc", "ncc2", "gncc", "mse"], default="ncc", help="optimisation similarity")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")

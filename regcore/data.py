@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import RegcoreError
 from .filters import gaussian_blur
 from .warp import VecInt, warp
 
@@ -294,7 +295,14 @@ PHOTO_NAMES = ("camera", "moon", "coins", "text", "brick", "grass", "gravel", "p
 
 
 def load_photo(name: str, size: int) -> np.ndarray:
-    """A scikit-image sample photograph, gray, centre-cropped square and resized: ``(size, size)`` in [0, 1]."""
+    """A scikit-image sample photograph, gray, centre-cropped square and resized: ``(size, size)`` in [0, 1].
+
+    ``name`` is one of :data:`PHOTO_NAMES` (files bundled with scikit-image); any other name is a
+    :class:`~regcore.errors.RegcoreError`: ``skimage.data`` also holds functions that download
+    data sets (``download_all``), which a name typed by a user must never reach.
+    """
+    if name not in PHOTO_NAMES:
+        raise RegcoreError(f"unknown photograph {name!r}; choose one of {', '.join(PHOTO_NAMES)}")
     from skimage import color, data, transform
 
     image = getattr(data, name)()

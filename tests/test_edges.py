@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import regcore
-from regcore.data import photo_pairs
+from regcore.checkpoints import load_model, save_model
+from regcore.data import PHOTO_NAMES, load_photo, photo_pairs
+from regcore.errors import CheckpointError, RegcoreError
 from regcore.io import load_image
 from regcore.metrics import endpoint_error
+from regcore.nets import RegNet
 
 
 def _register_stored_as(dtype: type, top: int, method: str) -> float:
@@ -34,3 +38,56 @@ def test_12_bit_values_fill_the_unit_range_and_say_so():
     image = load_image(np.array([[0, 2048, 4095]], np.uint16), "source", notes=notes)
     assert np.allclose(image, [[0.0, 2048 / 4095, 1.0]], atol=1e-7)
     assert notes == ["source: values from 0 to 4095 were rescaled to [0, 1]"]
+
+
+# --- no network unless asked -------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test on any attempt to open a connection or to call the Hub's download."""
+    import socket
+
+    import huggingface_hub
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a network request was made: {args[:2]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse)
+
+
+@pytest.mark.parametrize("name", ["runs/ncc", "someone/model", "nccc"])
+def test_an_unknown_model_name_is_a_one_line_error_listing_the_shipped_models(name, photo, no_network):
+    shipped = list(regcore.available_models())
+    assert shipped, "the shipped checkpoints are missing"
+    with pytest.raises(CheckpointError) as info:
+        regcore.register(photo, photo, method="net", model=name)
+    message = str(info.value)
+    assert "\n" not in message and name in message and ", ".join(shipped) in message and "hf:user/repo" in message
+
+
+def test_a_hub_model_is_fetched_only_with_the_hf_prefix(photo, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    folder = save_model(RegNet(enc_features=(8, 8, 8), dec_features=(8, 8, 8), final_features=(8,)), tmp_path / "hub")
+    asked: list[tuple[str, str]] = []
+
+    def download(repo_id: str, filename: str) -> str:
+        asked.append((repo_id, filename))
+        return str(folder / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    result = regcore.register(photo, photo, method="net", model="hf:someone/model")
+    assert result.model == "hf:someone/model" and {repo for repo, _ in asked} == {"someone/model"}
+    with pytest.raises(CheckpointError, match="not a Hugging Face Hub repo id"):
+        load_model("hf:no-slash")
+
+
+@pytest.mark.parametrize("name", ["download_all", "lfw_subset", "no_such_photo", "__class__"])
+def test_load_photo_takes_only_its_documented_names(name, no_network):
+    with pytest.raises(RegcoreError) as info:
+        load_photo(name, 32)
+    assert str(info.value) == f"unknown photograph {name!r}; choose one of {', '.join(PHOTO_NAMES)}"
+    assert load_photo("camera", 32).shape == (32, 32)
