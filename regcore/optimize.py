@@ -18,9 +18,9 @@ from torch import Tensor
 
 from .errors import RegcoreError
 from .losses import Grad, make_similarity
-from .warp import resize_flow, warp
+from .warp import resize_flow, resize_image, warp
 
-__all__ = ["optimize_flow", "pyramid_levels"]
+__all__ = ["level_size", "optimize_flow", "pyramid", "pyramid_levels"]
 
 
 def pyramid_levels(size: tuple[int, int], coarsest: int = 16) -> int:
@@ -32,8 +32,23 @@ def pyramid_levels(size: tuple[int, int], coarsest: int = 16) -> int:
     return levels
 
 
-def _downsample(image: Tensor, factor: int) -> Tensor:
-    return image if factor == 1 else F.avg_pool2d(image, factor, ceil_mode=True)
+def level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
+    """The image size at pyramid ``level`` (0 = full resolution, each level half the previous, rounded up)."""
+    factor = 2**level
+    return (-(-size[0] // factor), -(-size[1] // factor))
+
+
+def pyramid(source: Tensor, target: Tensor, levels: int) -> list[tuple[Tensor, Tensor]]:
+    """The pair at each of ``levels`` pyramid levels, coarsest first, on :func:`regcore.warp.resize_flow`'s grid.
+
+    Images are shrunk with :func:`regcore.warp.resize_image`, which matches pixel centres corner
+    to corner as ``resize_flow`` does for the fields passed between levels, so a displacement of
+    ``d`` px at full resolution is ``d * (h - 1) / (H - 1)`` px at a level of side ``h``, at the same
+    place, at every level (cell averages with ``avg_pool2d`` are centred ``(f - 1) / 2`` px off).
+    """
+    size = tuple(source.shape[-2:])
+    sizes = [level_size(size, level) for level in reversed(range(levels))]
+    return [(resize_image(source, s), resize_image(target, s)) for s in sizes]
 
 
 def _upsample(delta: Tensor, size: tuple[int, int]) -> Tensor:
@@ -76,16 +91,14 @@ def optimize_flow(
     sim, reg = make_similarity(similarity, win), Grad()
     flow = torch.zeros((1, 2, *size), device=source.device) if init_flow is None else init_flow.detach().float()
     total, done = steps * levels, 0
-    for level in reversed(range(levels)):
-        factor = 2**level
-        src, tgt = _downsample(source, factor), _downsample(target, factor)
-        level_size = tuple(src.shape[-2:])
-        base = resize_flow(flow, level_size)
-        coarse = (max(1, (level_size[0] + 1) // 2), max(1, (level_size[1] + 1) // 2))
+    for src, tgt in pyramid(source, target, levels):
+        here = tuple(src.shape[-2:])
+        base = resize_flow(flow, here)
+        coarse = (max(1, (here[0] + 1) // 2), max(1, (here[1] + 1) // 2))
         delta = torch.zeros((1, 2, *coarse), device=source.device, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=lr)
         for _ in range(steps):
-            current = base + _upsample(delta, level_size)
+            current = base + _upsample(delta, here)
             # A NaN in the sampling grid makes grid_sample's CPU backward crash the whole process
             # (segfault, torch 2.13), so stop before warping with a field that is not finite.
             if not bool(torch.isfinite(current).all()):
@@ -98,5 +111,5 @@ def optimize_flow(
             if callback is not None:
                 callback(done, total, float(loss.detach()))
         with torch.no_grad():
-            flow = resize_flow(base + _upsample(delta, level_size), size)
+            flow = resize_flow(base + _upsample(delta, here), size)
     return flow.detach()

@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import available_models, load_model
@@ -43,7 +42,7 @@ from .nets import RegNet
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
 from .polish import lucas_kanade_step
-from .warp import resize_flow, warp
+from .warp import resize_flow, resize_image, warp
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -159,10 +158,8 @@ def _tensor(image: np.ndarray, device: torch.device) -> Tensor:
 
 
 def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(image.shape[-2:]) == size:
-        return image
-    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=True, antialias=shrinking).clamp(0, 1)
+    """``(1, 1, h, w)`` -> ``(1, 1, *size)`` on the fields' grid (:func:`regcore.warp.resize_image`), values kept in [0, 1]."""
+    return resize_image(image, size).clamp(0, 1)
 
 
 def _device(device: str | torch.device) -> torch.device:

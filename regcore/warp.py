@@ -14,11 +14,13 @@ pixel and scale it by ``size / (size - 1)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SpatialTransformer", "VecInt", "compose", "identity_grid", "resize_flow", "warp"]
+__all__ = ["SpatialTransformer", "VecInt", "compose", "identity_grid", "resize_flow", "resize_image", "warp"]
 
 
 def identity_grid(size: tuple[int, int], device=None, dtype=torch.float32) -> Tensor:
@@ -75,6 +77,37 @@ def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     out = F.interpolate(flow, size=size, mode="bilinear", align_corners=True)
     scale = torch.tensor([(size[0] - 1) / max(h - 1, 1), (size[1] - 1) / max(w - 1, 1)], device=flow.device, dtype=flow.dtype)
     return out * scale.view(1, 2, 1, 1)
+
+
+def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resample images ``(N, C, h, w)`` to ``(N, C, H, W)`` on :func:`resize_flow`'s grid.
+
+    Output pixel ``i`` samples input position ``i * (h - 1) / (H - 1)`` (pixel centres matched
+    corner to corner, ``align_corners=True``), so an image resized here and a field resized by
+    :func:`resize_flow` stay in register. Shrinking by a factor ``f ≥ 2`` first averages cells of
+    ``floor(f)`` pixels (edges repeated where a cell reaches past the border) against aliasing, and
+    samples the cell means at those positions: ``F.interpolate(antialias=True)`` would centre each
+    output pixel on its cell instead (the ``align_corners=False`` grid), up to ``(f - 1) / 2`` px
+    away from where the field's pixel is.
+    """
+    h, w = image.shape[-2:]
+    if (h, w) == tuple(size):
+        return image
+    pads, axes = [], []
+    for n_in, n_out in zip((h, w), size, strict=True):
+        k = max(1, n_in // n_out)  # cell side
+        before = (k - 1) // 2  # cell j is centred at input position j k - before + (k - 1) / 2
+        first = (k - 1) / 2 - before
+        cells = math.ceil((n_in - 1 - first) / k) + 1  # enough for the last centre to reach n_in - 1
+        pads.append((before, cells * k - n_in - before, k))
+        at = torch.arange(n_out, device=image.device, dtype=image.dtype) * ((n_in - 1) / max(n_out - 1, 1))
+        axes.append((at - first) / k * (2.0 / max(cells - 1, 1)) - 1.0)  # in the cell grid, normalised
+    (top, bottom, ky), (left, right, kx) = pads
+    if (ky, kx) != (1, 1):
+        image = F.avg_pool2d(F.pad(image, (left, right, top, bottom), mode="replicate"), (ky, kx))
+    ys, xs = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack((xs, ys), dim=-1).expand(image.shape[0], -1, -1, -1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 class SpatialTransformer(nn.Module):
