@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from .io import ImageLike, save_image
-from .metrics import image_scores, jacobian_determinant, jacobian_stats
+from .metrics import image_scores, jacobian_determinant, jacobian_summary
 
 # The pipeline's constants are importable from here too, where they were first defined.
 from .pipeline import DEFAULT_OPTIMIZE_STEPS as DEFAULT_OPTIMIZE_STEPS
 from .pipeline import DEFAULT_REFINE_STEPS as DEFAULT_REFINE_STEPS
-from .pipeline import DEFAULT_REG_WEIGHT, NET_MAX_SIDE, Options, Progress, choose_method, load_pair, prepare, to_source_grid
+from .pipeline import DEFAULT_REG_WEIGHT, NET_MAX_SIDE, Options, Progress, check_time, choose_method, finish, load_pair, prepare
 from .pipeline import HALF_NET_FROM as HALF_NET_FROM
 from .pipeline import INVERTED_BELOW as INVERTED_BELOW
 from .pipeline import METHODS as METHODS
@@ -30,37 +30,79 @@ from .pipeline import MIN_SIDE as MIN_SIDE
 from .pipeline import POLARITIES as POLARITIES
 from .pipeline import PRESMOOTH_MODES as PRESMOOTH_MODES
 from .pipeline import REFINE_LEVELS as REFINE_LEVELS
+from .warp import resize_flow, warp
 
 __all__ = ["RegistrationResult", "register"]
 
 
-@dataclass
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, np.float32))[None]
+
+
+@dataclass(eq=False)
 class RegistrationResult:
     """What :func:`register` returns.
 
     Attributes:
-        flow: ``(2, H, W)`` float32 displacement in pixels (channel 0 rows, 1 columns) with
-            ``warped[y, x] = source[y + flow[0, y, x], x + flow[1, y, x]]``.
-        warped: ``(H, W)`` float32 in [0, 1], the source warped onto the target.
         source, target: the ``(H, W)`` float32 images as registered (target at the source's size).
         method: ``"net"``, ``"net+refine"``, ``"optimize"`` (or another method's name).
         model: the checkpoint used, or None.
-        time_s: wall time of the registration itself (loading and scoring excluded).
+        time_s: wall time of the registration itself (loading, scaling back and scoring excluded).
+        registered_flow: ``(2, h, w)`` float32 px, the field as found at the registered resolution
+            ``(h, w)`` (the source's size with the longer side capped at ``max_side``; the same
+            array as ``flow`` when nothing was capped).
+        registered_source, registered_target: ``(h, w)`` the pair at that resolution (the target's
+            contrast as given).
         notes: what was done that the caller did not ask for (resizing, fallbacks), one line each.
+        source_shape: the full source's ``(H, W)`` when this result is :attr:`registered`, the view
+            of a larger one at its registered resolution; None otherwise.
+
+    Computed on first use and then kept (a caller who wants only part of it should not pay for the
+    rest; at 4096² the full-size field alone is 134 MB):
+
+        flow: ``(2, H, W)`` float32 displacement in pixels (channel 0 rows, 1 columns) with
+            ``warped[y, x] = source[y + flow[0, y, x], x + flow[1, y, x]]``: ``registered_flow``
+            resampled to the source's size, its vectors scaled (:func:`regcore.warp.resize_flow`).
+        warped: ``(H, W)`` float32 in [0, 1], the source warped onto the target.
+        jacobian: ``(H, W)`` Jacobian determinant of ``p -> p + flow(p)`` (≤ 0 where it folds).
         before, after: scores of (source, target) and of (warped, target): ``mse``, ``ncc``,
-            ``local_ncc``; ``after`` adds ``folding_percent`` and ``jacobian_min``. Computed on
-            first use and then kept: scoring costs about as much as a network pass, and a caller
-            that only wants the field should not pay for it.
+            ``local_ncc``; ``after`` adds ``folding_percent`` and ``jacobian_min``.
+        registered: the same registration at its registered resolution, as a result of its own
+            (``flow`` = ``registered_flow``, scores and pictures at that size; this result itself
+            when nothing was capped): what the app shows and saves, whatever the input's size.
     """
 
-    flow: np.ndarray
-    warped: np.ndarray
     source: np.ndarray
     target: np.ndarray
     method: str
     model: str | None
     time_s: float
+    registered_flow: np.ndarray
+    registered_source: np.ndarray
+    registered_target: np.ndarray
     notes: list[str] = field(default_factory=list)
+    source_shape: tuple[int, int] | None = None
+
+    @property
+    def shrunk(self) -> bool:
+        """Whether the registration ran at a smaller size than the source's."""
+        return self.registered_flow.shape[1:] != self.source.shape
+
+    @cached_property
+    def flow(self) -> np.ndarray:
+        if not self.shrunk:
+            return self.registered_flow
+        return resize_flow(_tensor(self.registered_flow), self.source.shape)[0].numpy()
+
+    @cached_property
+    def warped(self) -> np.ndarray:
+        with torch.inference_mode():
+            # Bilinear weights can sum to 1 + 1 ulp in float32: clamp to keep the [0, 1] contract.
+            return warp(_tensor(self.source)[None], _tensor(self.flow)).clamp_(0.0, 1.0)[0, 0].numpy()
+
+    @cached_property
+    def jacobian(self) -> np.ndarray:
+        return jacobian_determinant(self.flow)
 
     @cached_property
     def before(self) -> dict[str, float]:
@@ -68,7 +110,17 @@ class RegistrationResult:
 
     @cached_property
     def after(self) -> dict[str, float]:
-        return image_scores(self.warped, self.target) | jacobian_stats(self.flow)
+        return image_scores(self.warped, self.target) | jacobian_summary(self.jacobian)
+
+    @cached_property
+    def registered(self) -> RegistrationResult:
+        if not self.shrunk:
+            return self
+        h, w = self.source.shape
+        small = self.registered_source, self.registered_target
+        return RegistrationResult(
+            *small, self.method, self.model, self.time_s, self.registered_flow, *small, notes=self.notes, source_shape=(h, w)
+        )
 
     @property
     def mse(self) -> float:
@@ -86,17 +138,22 @@ class RegistrationResult:
     def folding_percent(self) -> float:
         return self.after["folding_percent"]
 
-    @property
-    def jacobian(self) -> np.ndarray:
-        """``(H, W)`` Jacobian determinant of ``p -> p + flow(p)`` (≤ 0 where it folds)."""
-        return jacobian_determinant(self.flow)
-
     def metrics(self) -> dict:
-        """JSON-ready summary: method, model, shape, before/after scores, time and notes."""
+        """JSON-ready summary: method, model, the field's grid and scale, before/after scores, time and notes.
+
+        ``shape`` is the grid of ``flow`` (and of flow.npy); ``source_shape`` the source's.
+        ``field_scale`` (rows, columns) takes that grid to the source's: a displacement ``d`` at
+        grid pixel ``p`` is ``d * field_scale`` at source pixel ``p * field_scale``
+        (:func:`regcore.warp.resize_flow` does both); ``[1, 1]`` when they are the same.
+        """
+        shape = self.flow.shape[1:]
+        full = self.source_shape or shape
         return {
             "method": self.method,
             "model": self.model,
-            "shape": list(self.flow.shape[1:]),
+            "shape": list(shape),
+            "source_shape": list(full),
+            "field_scale": [(big - 1) / max(small - 1, 1) for big, small in zip(full, shape, strict=True)],
             "before": self.before,
             "after": self.after,
             "time_s": self.time_s,
@@ -104,12 +161,15 @@ class RegistrationResult:
         }
 
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write ``warped.png``, ``flow.npy`` and ``metrics.json`` into ``out_dir`` (created if needed)."""
+        """Write ``warped.png``, ``flow.npy`` (``flow``, float32) and ``metrics.json`` into ``out_dir`` (created if needed).
+
+        For files proportional to the work whatever the input's size, save :attr:`registered`.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"warped": out / "warped.png", "flow": out / "flow.npy", "metrics": out / "metrics.json"}
         save_image(paths["warped"], self.warped)
-        np.save(paths["flow"], self.flow.astype(np.float32))
+        np.save(paths["flow"], self.flow.astype(np.float32, copy=False))
         paths["metrics"].write_text(json.dumps(self.metrics(), indent=2) + "\n")
         return paths
 
@@ -157,12 +217,15 @@ def register(
             ``"gncc"`` or ``"mse"``.
         reg_weight: smoothness weight of the optimisation.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        max_side: images with a longer side are registered at this size and the field scaled
-            back (a note says so).
+        max_side: images with a longer side are registered at this size (a note says so); the
+            field is scaled back on first use of ``result.flow``, and ``result.registered`` is
+            the result at the registered size. The shorter side must stay at least ``MIN_SIDE``.
         progress: called as ``progress(done, total, loss)`` during optimisation.
-        timeout_s: time budget in seconds for the registration (loading excluded); the
-            optimisation is stopped with a RegcoreError once it is exceeded (checked after each
-            step; a network pass or a classical method is not interrupted). None: no limit.
+        timeout_s: time budget in seconds for the whole call, from decoding the images on; once
+            it is exceeded, a RegcoreError stops the work (checked after reading the images,
+            between the steps and after each optimisation step; a network pass or a classical
+            method is not interrupted, and scaling the field back happens later, on first use
+            of ``flow``). None: no limit.
         polarity: ``"auto"``: when source and target are negatively correlated as whole images
             (below ``INVERTED_BELOW``), the target's contrast is taken as inverted and the field
             is found against ``1 - target`` (a note says so; ``warped`` and the scores still use
@@ -190,22 +253,33 @@ def register(
         method, model, refine_steps, similarity, reg_weight, device, max_side, progress, timeout_s, polarity, presmooth, polish
     )
     notes: list[str] = []
+    received = time.perf_counter()  # timeout_s counts from here, decoding included
     src, tgt = load_pair(source, target, notes)  # 1. prepare: read and check,
     choice = choose_method(options, notes)  # pick the method and load its network,
+    check_time(options, received, "while reading the images")
     start = time.perf_counter()
-    work = prepare(src, tgt, options, choice, notes, start)  # make the working pair
+    work = prepare(src, tgt, options, choice, notes, received)  # make the working pair
     strategy = METHODS[choice.method]
     flow = strategy.start(work)  # 2. initial field (None: zero)
+    check_time(options, received, "after the initial field")
     flow = strategy.refine(work, flow)  # 3. refinement
-    flow, warped = to_source_grid(work, flow)  # 4. result, in the source's grid
+    check_time(options, received, "after the refinement")
+    flow = finish(work, flow)  # 4. result, at the registered resolution
     elapsed = time.perf_counter() - start
+
+    def numpy(tensor: torch.Tensor) -> np.ndarray:  # (1, C, h, w) -> (C, h, w), or (h, w) for one channel
+        return tensor[0].squeeze(0).cpu().numpy().astype(np.float32, copy=False)
+
+    target = numpy(work.full_target)
+    shrunk = work.size != src.shape
     return RegistrationResult(
-        flow=flow[0].cpu().numpy().astype(np.float32),
-        warped=warped[0, 0].cpu().numpy().astype(np.float32),
         source=src,
-        target=work.full_target[0, 0].cpu().numpy().astype(np.float32),
+        target=target,
         method=choice.method,
         model=choice.model,
         time_s=elapsed,
+        registered_flow=numpy(flow),
+        registered_source=numpy(work.source) if shrunk else src,
+        registered_target=numpy(work.given_target) if shrunk else target,
         notes=notes,
     )

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--presmooth", choices=PRESMOOTH_MODES, default="auto", help="auto: the optimisation compares smoothed images when they look noisy"
     )
-    w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels); write OUT")
+    w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels; a smaller one is scaled up); write OUT")
     w.add_argument("image")
     w.add_argument("flow", type=Path)
     w.add_argument("--out", required=True, type=Path, help="output image file (.png)")
@@ -76,19 +76,28 @@ def _warp(args: argparse.Namespace) -> None:
     import torch
 
     from .io import load_image, save_image
-    from .warp import warp
+    from .warp import resize_flow, warp
 
     image = load_image(args.image)
     try:
         flow = np.load(args.flow, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise RegcoreError(f"{args.flow}: not a readable .npy field ({err})") from None
-    if flow.shape != (2, *image.shape):
-        raise RegcoreError(f"{args.flow}: field shape {flow.shape} does not match the image; expected {(2, *image.shape)}")
+    if flow.ndim != 3 or flow.shape[0] != 2 or min(flow.shape[1:]) < 2:
+        raise RegcoreError(f"{args.flow}: field shape {flow.shape} is not a (2, H, W) field; expected {(2, *image.shape)}")
     if not np.isfinite(flow).all():
         raise RegcoreError(f"{args.flow}: the field contains NaN or infinite values")
+    field = torch.from_numpy(flow.astype(np.float32))[None]
+    if flow.shape[1:] != image.shape:
+        # A field saved at the registered resolution (the app's flow.npy for a large image): its
+        # metrics.json gives the scale that resize_flow applies.
+        field = resize_flow(field, image.shape)
+        print(
+            f"note: the field {flow.shape[2]}x{flow.shape[1]} was resampled to the image's {image.shape[1]}x{image.shape[0]}",
+            file=sys.stderr,
+        )
     with torch.inference_mode():
-        out = warp(torch.from_numpy(image)[None, None], torch.from_numpy(flow.astype(np.float32))[None])
+        out = warp(torch.from_numpy(image)[None, None], field)
     try:
         save_image(args.out, out[0, 0].numpy())
     except (OSError, ValueError) as err:

@@ -14,6 +14,7 @@ __all__ = [
     "image_scores",
     "jacobian_determinant",
     "jacobian_stats",
+    "jacobian_summary",
     "local_ncc",
     "mse",
     "ncc",
@@ -70,8 +71,12 @@ def folding_percent(flow: np.ndarray) -> float:
 
 def jacobian_stats(flow: np.ndarray) -> dict[str, float]:
     """``{"folding_percent", "jacobian_min"}`` of a ``(2, H, W)`` field, from one Jacobian computation."""
-    jac = jacobian_determinant(flow)
-    return {"folding_percent": float(100.0 * np.mean(jac <= 0)), "jacobian_min": float(jac.min())}
+    return jacobian_summary(jacobian_determinant(flow))
+
+
+def jacobian_summary(jacobian: np.ndarray) -> dict[str, float]:
+    """``{"folding_percent", "jacobian_min"}`` of an ``(H, W)`` Jacobian determinant map (:func:`jacobian_determinant`)."""
+    return {"folding_percent": float(100.0 * np.mean(jacobian <= 0)), "jacobian_min": float(jacobian.min())}
 
 
 def endpoint_error(flow: np.ndarray, true_flow: np.ndarray, margin: int = 0) -> float:

@@ -7,7 +7,12 @@
    size, longer side capped at ``max_side``, contrast inversion detected);
 2. **initial field**: ``METHODS[name].start(work)``: the network's field, or None (zero);
 3. **refinement**: ``METHODS[name].refine(work, flow)``: the method's own per-pair work;
-4. **result**: :func:`to_source_grid` scales the field back to the source's size and warps.
+4. **result**: :func:`finish` gives the field at the registered (working) resolution; the result
+   (:class:`regcore.api.RegistrationResult`) scales it back to the source's size only when asked,
+   so that a caller who wants pictures of a 4096² pair never pays for a 4096² field.
+
+``options.timeout_s`` covers all of it, from decoding the images on: :func:`check_time` is
+called between the steps and after every optimisation step.
 
 Every method is one :class:`Method` entry in :data:`METHODS`. To add one, write its ``start``
 and ``refine`` functions (or reuse those here) and add an entry: the Python API, the CLI's
@@ -42,7 +47,7 @@ from .nets import RegNet
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
 from .polish import lucas_kanade_step
-from .warp import resize_flow, resize_image, warp
+from .warp import resize_flow, resize_image
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -62,10 +67,11 @@ __all__ = [
     "Method",
     "Options",
     "Work",
+    "check_time",
     "choose_method",
+    "finish",
     "load_pair",
     "prepare",
-    "to_source_grid",
 ]
 
 #: Refinement steps per pyramid level of ``"net+refine"`` when ``refine_steps`` is not given.
@@ -85,8 +91,9 @@ DEFAULT_OPTIMIZE_STEPS = 100
 NET_MAX_SIDE = 512
 #: Default weight of the smoothness term in the per-pair optimisation.
 DEFAULT_REG_WEIGHT = 1.0
-#: Smallest accepted side, in pixels: below this there is too little image to align (the local
-#: NCC window alone is 9 px) and the result would mean nothing.
+#: Smallest accepted side, in pixels, as given and as registered (after the longer side is capped
+#: at ``max_side``): below this there is too little image to align (the local NCC window alone is
+#: 9 px) and the result would mean nothing.
 MIN_SIDE = 8
 #: ``polarity="auto"`` takes the target's contrast as inverted when the whole-image correlation of
 #: source and target is below this. Deformed pairs of one image correlate at about +0.5 to +0.9,
@@ -173,6 +180,12 @@ def _device(device: str | torch.device) -> torch.device:
         raise RegcoreError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'") from None
 
 
+def check_time(options: Options, since: float, stage: str) -> None:
+    """Raise a RegcoreError when more than ``options.timeout_s`` seconds have passed since ``since`` (``time.perf_counter()``)."""
+    if options.timeout_s is not None and time.perf_counter() - since > options.timeout_s:
+        raise RegcoreError(f"registration took longer than {options.timeout_s:g} s and was stopped {stage}")
+
+
 def load_pair(source: ImageLike, target: ImageLike, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Both images as ``(H, W)`` float32 in [0, 1] (:func:`regcore.io.load_image`), each side at least ``MIN_SIDE`` px."""
     images = load_image(source, "source", notes=notes), load_image(target, "target", notes=notes)
@@ -216,14 +229,17 @@ class Work:
     Attributes:
         source, target: ``(1, 1, h, w)`` at the working size; the target contrast-inverted when
             ``polarity="auto"`` found it anti-correlated.
+        given_target: ``(1, 1, h, w)``, the target at the working size with its contrast as given
+            (the result's pictures and scores at the registered resolution).
         full_source, full_target: ``(1, 1, H, W)`` at the source's size, as given (warping, scores).
         options, net, notes: register()'s options, the network (or None), the notes so far.
         steps: optimisation steps per pyramid level (``refine_steps`` or the method's default).
-        start: ``time.perf_counter()`` when registration began (for ``timeout_s``).
+        start: ``time.perf_counter()`` when the request began, before decoding (for ``timeout_s``).
     """
 
     source: Tensor
     target: Tensor
+    given_target: Tensor
     full_source: Tensor
     full_target: Tensor
     options: Options
@@ -240,7 +256,12 @@ class Work:
 def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Choice, notes: list[str], start: float) -> Work:
     """The working pair: target resampled to the source's size, longer side capped at
     ``max_side``, and the target's contrast inverted when ``polarity="auto"`` finds the pair
-    anti-correlated (below :data:`INVERTED_BELOW`); each of these adds a note."""
+    anti-correlated (below :data:`INVERTED_BELOW`); each of these adds a note.
+
+    Raises:
+        RegcoreError: capping the longer side would leave the shorter one under ``MIN_SIDE`` px
+            (an 8x2048 image would be registered at 2x512, a field that means nothing).
+    """
     size = source.shape
     if target.shape != size:
         notes.append(f"target resized from {target.shape[1]}x{target.shape[0]} to the source's {size[1]}x{size[0]}")
@@ -251,9 +272,15 @@ def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Ch
     tgt_t = _resize(_tensor(target, choice.device), size)
     scale = min(1.0, options.max_side / max(size))
     work = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    if min(work) < MIN_SIDE:
+        raise RegcoreError(
+            f"source: {size[1]}x{size[0]} would be registered at {work[1]}x{work[0]} (longer side capped at {options.max_side}),"
+            f" under the minimum of {MIN_SIDE} px a side; crop it to a less elongated shape"
+        )
     if work != size:
         notes.append(f"registered at {work[1]}x{work[0]} (longer side capped at {options.max_side}); the field was scaled back")
     src_w, tgt_w = _resize(src_t, work), _resize(tgt_t, work)
+    given_w = tgt_w
     if options.polarity == "auto":
         correlation = float(global_ncc(src_w, tgt_w)[0])
         if correlation < INVERTED_BELOW:
@@ -264,7 +291,7 @@ def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Ch
             )
     default_steps = METHODS[choice.method].default_steps
     steps = options.refine_steps if options.refine_steps is not None else default_steps
-    return Work(src_w, tgt_w, src_t, tgt_t, options, choice.net, notes, steps, start)
+    return Work(src_w, tgt_w, given_w, src_t, tgt_t, options, choice.net, notes, steps, start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,16 +337,15 @@ def polish(work: Work, flow: Tensor) -> Tensor:
     return flow
 
 
-def _with_deadline(progress: Progress | None, timeout_s: float | None, start: float) -> Progress | None:
-    """Wrap ``progress`` so that the optimisation stops with a RegcoreError once ``timeout_s`` has passed."""
-    if timeout_s is None:
+def _with_deadline(progress: Progress | None, options: Options, start: float) -> Progress | None:
+    """Wrap ``progress`` so that the optimisation stops with a RegcoreError once ``options.timeout_s`` has passed."""
+    if options.timeout_s is None:
         return progress
 
     def check(done: int, total: int, loss: float) -> None:
         if progress is not None:
             progress(done, total, loss)
-        if time.perf_counter() - start > timeout_s:
-            raise RegcoreError(f"registration took longer than {timeout_s:g} s and was stopped after {done} of {total} steps")
+        check_time(options, start, f"after {done} of {total} steps")
 
     return check
 
@@ -347,7 +373,7 @@ def optimise(work: Work, flow: Tensor | None, max_levels: int | None = None) -> 
     source, target, extra = _for_optimisation(work)
     opts = work.options
     with torch.enable_grad():
-        callback = _with_deadline(opts.progress, opts.timeout_s, work.start)
+        callback = _with_deadline(opts.progress, opts, work.start)
         return optimize_flow(source, target, flow, work.steps, levels, opts.similarity, float(opts.reg_weight), callback=callback, **extra)
 
 
@@ -366,15 +392,13 @@ def classical(flow_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callab
 # ---------------------------------------------------------------------------------------------
 
 
-def to_source_grid(work: Work, flow: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The field ``(1, 2, H, W)`` scaled back to the source's size (zero if None), and the source warped by it ``(1, 1, H, W)``."""
-    if flow is None:
-        flow = torch.zeros((1, 2, *work.size), device=work.source.device)
-    flow = resize_flow(flow, tuple(work.full_source.shape[-2:]))
-    with torch.inference_mode():
-        # Bilinear weights can sum to 1 + 1 ulp in float32: clamp to keep the [0, 1] contract.
-        warped = warp(work.full_source, flow).clamp_(0.0, 1.0)
-    return flow, warped
+def finish(work: Work, flow: Tensor | None) -> Tensor:
+    """The field found, ``(1, 2, h, w)`` px at the working size (zero if None), detached.
+
+    Scaling it to the source's size is left to the result, on first use: a 4096² field is 134 MB
+    that a caller who wants the registration's pictures and scores never needs.
+    """
+    return torch.zeros((1, 2, *work.size), device=work.source.device) if flow is None else flow.detach()
 
 
 # ---------------------------------------------------------------------------------------------

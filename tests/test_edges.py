@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 import regcore
+from regcore import cli
 from regcore.checkpoints import load_model, save_model
 from regcore.data import PHOTO_NAMES, load_photo, photo_pairs
 from regcore.errors import CheckpointError, RegcoreError
 from regcore.io import load_image
 from regcore.metrics import endpoint_error
 from regcore.nets import RegNet
+from regcore.pipeline import MIN_SIDE
+from regcore.warp import resize_flow, resize_image
 
 
 def _register_stored_as(dtype: type, top: int, method: str) -> float:
@@ -91,3 +97,69 @@ def test_load_photo_takes_only_its_documented_names(name, no_network):
         load_photo(name, 32)
     assert str(info.value) == f"unknown photograph {name!r}; choose one of {', '.join(PHOTO_NAMES)}"
     assert load_photo("camera", 32).shape == (32, 32)
+
+
+# --- sizes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(8, 2048), (2048, 12), (40, 4096)])
+def test_an_image_too_thin_once_capped_is_refused(shape, no_checkpoints):
+    """8x2048 passed the minimum-size check and was then registered at 2x512 with only a note."""
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    with pytest.raises(RegcoreError) as info:
+        regcore.register(image, image, method="optimize", refine_steps=1)
+    message = str(info.value)
+    assert "\n" not in message and f"source: {shape[1]}x{shape[0]} would be registered at" in message
+    assert f"under the minimum of {MIN_SIDE} px a side" in message
+
+
+def test_a_thin_image_registers_when_nothing_is_capped(no_checkpoints):
+    image = np.random.default_rng(0).random((8, 600)).astype(np.float32)
+    result = regcore.register(image, image, method="optimize", refine_steps=1, max_side=600)
+    assert result.flow.shape == (2, 8, 600)
+
+
+# --- outputs proportional to the work ----------------------------------------------------------
+
+
+def test_a_large_pair_gives_its_field_at_the_registered_size_until_the_full_one_is_asked_for(photo, tmp_path, no_checkpoints):
+    big = resize_image(torch.from_numpy(photo)[None, None], (192, 160))[0, 0].numpy()
+    result = regcore.register(big, np.roll(big, (3, -2), axis=(0, 1)), method="optimize", refine_steps=5, max_side=48)
+    view = result.registered
+    assert result.registered_flow.shape == (2, 48, 40) and view.flow is result.registered_flow
+    assert view.source.shape == view.target.shape == view.warped.shape == (48, 40)
+    assert view.after["local_ncc"] > view.before["local_ncc"]
+    paths = view.save(tmp_path / "small")
+    assert np.load(paths["flow"]).shape == (2, 48, 40) and paths["warped"].stat().st_size < 10_000
+    metrics = json.loads(paths["metrics"].read_text())
+    assert metrics["shape"] == [48, 40] and metrics["source_shape"] == [192, 160]
+    assert metrics["field_scale"] == pytest.approx([191 / 47, 159 / 39])
+    # Nothing at full size was computed for any of that ...
+    assert not {"flow", "warped", "jacobian", "before", "after"} & set(vars(result))
+    # ... and the full-size field, when asked for, is the registered one scaled by field_scale.
+    assert result.flow.shape == (2, 192, 160)
+    expected = resize_flow(torch.from_numpy(result.registered_flow)[None], (192, 160))[0].numpy()
+    np.testing.assert_array_equal(result.flow, expected)
+    assert result.metrics()["field_scale"] == [1.0, 1.0] and result.registered.registered is view
+
+
+def test_an_image_within_the_cap_is_its_own_registered_result(photo, no_checkpoints):
+    result = regcore.register(photo, photo, method="optimize", refine_steps=1)
+    assert result.registered is result and result.flow is result.registered_flow
+
+
+def test_the_time_budget_counts_from_decoding(photo):
+    """timeout_s used to cover the optimisation only: a network method never stopped, however slow the rest."""
+    with pytest.raises(RegcoreError, match=r"took longer than 1e-09 s and was stopped while reading the images"):
+        regcore.register(photo, photo, method="net", timeout_s=1e-9)
+
+
+def test_the_cli_warps_by_a_field_saved_at_the_registered_size(photo, tmp_path, capsys, no_checkpoints):
+    big = resize_image(torch.from_numpy(photo)[None, None], (192, 160))[0, 0].numpy()
+    result = regcore.register(big, np.roll(big, (3, -2), axis=(0, 1)), method="optimize", refine_steps=5, max_side=48)
+    paths = result.registered.save(tmp_path)
+    regcore.save_image(tmp_path / "big.png", big)
+    assert cli.main(["warp", str(tmp_path / "big.png"), str(paths["flow"]), "--out", str(tmp_path / "moved.png")]) == 0
+    assert "was resampled to the image's 160x192" in capsys.readouterr().err
+    moved = load_image(tmp_path / "moved.png")
+    assert np.abs(moved - result.warped).max() <= 1.5 / 255  # the full-size result, up to 8-bit rounding
