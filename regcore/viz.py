@@ -22,7 +22,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from .io import to_uint8
-from .metrics import endpoint_error, folding_percent, jacobian_determinant
+from .metrics import endpoint_error, jacobian_determinant, jacobian_summary
 
 __all__ = [
     "checkerboard",
@@ -268,14 +268,15 @@ def _subsample(array: np.ndarray, max_side: int = HEATMAP_SIDE) -> tuple[np.ndar
 JACOBIAN_COLORSCALE = [[0.0, "#000000"], [0.25, "#000000"], [0.2501, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]
 
 
-def jacobian_figure(flow: np.ndarray, title: str = "Jacobian determinant") -> go.Figure:
+def jacobian_figure(flow: np.ndarray | None, title: str = "Jacobian determinant", jacobian: np.ndarray | None = None) -> go.Figure:
     """Heatmap of the Jacobian determinant ``J`` of ``p -> p + flow(p)`` for a ``(2, H, W)`` pixel field.
 
     White is J = 1 (area kept), blue compression, red expansion, black J ≤ 0 (folding: the map is
     not invertible there). The title gives the folding percentage and the smallest J (both over
-    all pixels; the map itself is subsampled to ``HEATMAP_SIDE`` for display).
+    all pixels; the map itself is subsampled to ``HEATMAP_SIDE`` for display). ``jacobian``: the
+    ``(H, W)`` map if already computed (``RegistrationResult.jacobian``); ``flow`` is then not read.
     """
-    jac = jacobian_determinant(flow)
+    jac = jacobian_determinant(flow) if jacobian is None else np.asarray(jacobian)
     shown, rows, cols = _subsample(jac)
     fig = go.Figure(
         go.Heatmap(
@@ -290,7 +291,8 @@ def jacobian_figure(flow: np.ndarray, title: str = "Jacobian determinant") -> go
         )
     )
     _frame(fig, jac.shape)
-    text = f"{title}<br>folding {folding_percent(flow):.3f}% of pixels (J ≤ 0), min J = {float(jac.min()):.3f}"
+    stats = jacobian_summary(jac)
+    text = f"{title}<br>folding {stats['folding_percent']:.3f}% of pixels (J ≤ 0), min J = {stats['jacobian_min']:.3f}"
     fig.update_layout(title={"text": text, "font": {"size": 13}}, margin={**_MARGIN, "t": 60}, height=460)
     return fig
 

@@ -14,7 +14,7 @@ import gradio as gr
 
 from regcore.io import MAX_PIXELS
 
-from .common import MAX_FILE_SIZE, OUTPUT_MAX_AGE_S
+from .common import CLEAN_EVERY_S, CPU_WORKERS, MAX_FILE_SIZE, OUTPUT_MAX_AGE_S, QUEUE_SIZE
 from .compare_tab import build_compare_tab
 from .learn_tab import build_learn_tab
 from .register_tab import build_register_tab
@@ -30,7 +30,8 @@ The **Learn** tab shows how it works, **Compare** pits it against classical meth
 
 def build_demo() -> gr.Blocks:
     """The whole app, three tabs (not launched)."""
-    with gr.Blocks(title="regcore: deformable image registration", delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as app:
+    # Gradio's cache (uploads, returned files) is cleaned every minute of what is five minutes old.
+    with gr.Blocks(title="regcore: deformable image registration", delete_cache=(CLEAN_EVERY_S, OUTPUT_MAX_AGE_S)) as app:
         gr.Markdown(HEADER.format(mb=MAX_FILE_SIZE.upper(), mp=MAX_PIXELS // 1_000_000))
         with gr.Tabs():
             with gr.Tab("Register", id="register"):
@@ -39,8 +40,9 @@ def build_demo() -> gr.Blocks:
                 build_learn_tab(app, register.model)
             with gr.Tab("Compare", id="compare"):
                 build_compare_tab(register.source, register.target, register.model)
-    # A bounded queue: a few requests at a time on a small CPU, and a clear "queue full" beyond that.
-    app.queue(default_concurrency_limit=2, max_size=32)
+    # One CPU budget: the heavy events share one concurrency group of CPU_WORKERS (webapp.common.HEAVY);
+    # the queue is bounded, and a full one answers "queue full" at once.
+    app.queue(default_concurrency_limit=CPU_WORKERS, max_size=QUEUE_SIZE)
     return app
 
 

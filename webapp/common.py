@@ -1,7 +1,10 @@
-"""What the app's tabs share: the upload component, error reporting, result folders, number formatting."""
+"""What the app's tabs share: the CPU budget (one concurrency group, a time budget per request), the
+upload component, error reporting, result folders, number formatting."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -11,16 +14,23 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 import regcore
 from regcore.io import to_uint8
 
 __all__ = [
+    "CLEAN_EVERY_S",
+    "CPU_WORKERS",
+    "HEAVY",
     "MAX_FILE_SIZE",
     "OUTPUT_MAX_AGE_S",
     "OUTPUT_ROOT",
+    "QUEUE_SIZE",
     "REQUEST_TIMEOUT_S",
+    "TRAIN_TIMEOUT_S",
+    "Budget",
     "UploadedImage",
     "fast_png",
     "output_dir",
@@ -29,11 +39,59 @@ __all__ = [
 ]
 
 MAX_FILE_SIZE = "10mb"
-#: A registration request that runs longer than this is stopped with a message (frees the worker).
-REQUEST_TIMEOUT_S = 120.0
-OUTPUT_ROOT = Path(tempfile.gettempdir()) / "regcore-app"
-#: Result folders older than this are deleted when a new one is made.
-OUTPUT_MAX_AGE_S = 3600
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: The CPU cores this process may use; every heavy event shares :data:`HEAVY`, a concurrency group
+#: of this many workers (register, deform, walkthrough, train, compare: one CPU budget).
+CPU_WORKERS = max(1, _cores())
+HEAVY = {"concurrency_id": "cpu", "concurrency_limit": CPU_WORKERS}
+#: Requests waiting beyond the running ones: a full queue answers "queue full" at once, rather
+#: than accepting work that would wait for minutes.
+QUEUE_SIZE = 8 * CPU_WORKERS
+#: A request running longer than this, from decoding its inputs to its last figure, is stopped
+#: with a message (which frees its worker).
+REQUEST_TIMEOUT_S = 60.0
+#: Live training stops (and says so) after this long.
+TRAIN_TIMEOUT_S = 120.0
+#: Gradio's cache (uploads and the files handed back) and the app's result folders: every
+#: ``CLEAN_EVERY_S`` seconds, what is older than ``OUTPUT_MAX_AGE_S`` is deleted.
+CLEAN_EVERY_S = 60
+OUTPUT_MAX_AGE_S = 300
+#: Result folders live inside Gradio's cache folder: the files handed back are then served
+#: from where they were written (not copied again), and Gradio's own cleaning deletes them.
+OUTPUT_ROOT = Path(get_upload_folder()) / "regcore-results"
+
+
+class Budget:
+    """The time one request may take, from its start (decoding its inputs) to its last figure.
+
+    ``check(stage)`` raises a :class:`gradio.Error` once the budget is spent; ``remaining()`` is
+    what is left, for :func:`regcore.register`'s ``timeout_s``.
+    """
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = REQUEST_TIMEOUT_S if seconds is None else seconds
+        self.start = time.perf_counter()
+
+    def remaining(self) -> float:
+        return max(self.seconds - (time.perf_counter() - self.start), 1e-3)
+
+    def expired(self) -> bool:
+        return time.perf_counter() - self.start > self.seconds
+
+    def check(self, stage: str) -> None:
+        if self.expired():
+            raise gr.Error(
+                f"This request took longer than its {self.seconds:g} s budget and was stopped {stage}."
+                " Try smaller images, fewer optimisation steps or a faster method."
+            )
 
 
 class UploadedImage(gr.Image):
@@ -64,15 +122,17 @@ _last_cleanup = 0.0
 
 
 def output_dir() -> Path:
-    """A fresh folder for one result's downloads; folders older than an hour are removed (checked at most once a minute)."""
+    """A fresh folder for one result's files; folders older than ``OUTPUT_MAX_AGE_S`` are removed
+    (checked at most every ``CLEAN_EVERY_S``; Gradio's ``delete_cache`` deletes the files handed back)."""
     global _last_cleanup
     OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    if now - _last_cleanup > 60:
+    if now - _last_cleanup > CLEAN_EVERY_S:
         _last_cleanup = now
         for old in OUTPUT_ROOT.iterdir():
-            if old.stat().st_mtime < now - OUTPUT_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another worker may have removed it first
+                if old.stat().st_mtime < now - OUTPUT_MAX_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=OUTPUT_ROOT))
 
 

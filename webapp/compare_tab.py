@@ -11,23 +11,27 @@ import gradio as gr
 from regcore.pipeline import METHODS
 
 from . import compute
-from .common import round_sig, user_errors
+from .common import HEAVY, Budget, round_sig, user_errors
 
 __all__ = ["build_compare_tab", "compare"]
 
 
 def compare(source: str | None, target: str | None, model: str | None = None, progress: gr.Progress = gr.Progress()):  # noqa: B008
-    """The Register tab's pair by every method: warped images, and a table of scores and times."""
+    """The Register tab's pair by every method: warped images, and a table of scores and times (within one time budget)."""
+    budget = Budget()
     if source is None or target is None:
         raise gr.Error("Upload a source and a target image on the Register tab first (or click an example there).")
     with user_errors():
-        results = compute.compare_methods(source, target, model or None, progress=lambda m: progress(None, desc=f"running {m}"))
+        results = compute.compare_methods(
+            source, target, model or None, progress=lambda m: progress(None, desc=f"running {m}"), timeout_s=budget.remaining()
+        )
     gallery = [(results[0].target, "target")] + [(r.warped, f"{r.method}: {r.time_s:.2f} s") for r in results]
     keys = ("mse", "ncc", "local_ncc", "folding_percent", "jacobian_min")
     rows = [[r.method, round_sig(r.time_s), *(round_sig(r.after[k]) for k in keys)] for r in results]
     before = results[0].before  # every method started from the same pair
     rows.insert(0, ["(before: source vs target)", None, *(round_sig(before.get(k)) for k in keys)])
     notes = sorted({note for r in results for note in r.notes})
+    budget.check("while scoring the methods")
     return gallery, rows, "\n".join(f"- {n}" for n in notes)
 
 
@@ -48,4 +52,4 @@ def build_compare_tab(source: gr.Image, target: gr.Image, model: gr.Dropdown) ->
         elem_id="compare-table",
     )
     notes = gr.Markdown()
-    button.click(compare, [source, target, model], [gallery, table, notes], api_name="compare", concurrency_limit=1, concurrency_id="heavy")
+    button.click(compare, [source, target, model], [gallery, table, notes], api_name="compare", **HEAVY)

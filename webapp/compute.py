@@ -32,7 +32,7 @@ from regcore.io import ImageLike, load_image
 from regcore.losses import NCC, Grad, local_ncc_map
 from regcore.metrics import endpoint_error
 from regcore.nets import RegNet
-from regcore.pipeline import METHODS
+from regcore.pipeline import METHODS, MIN_SIDE
 from regcore.training import LossConfig, compute_loss, lr_factor, make_losses
 from regcore.warp import VecInt, warp
 
@@ -280,6 +280,7 @@ def compare_methods(
     max_side: int = COMPARE_SIDE,
     refine_steps: int | None = None,
     progress: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
 ) -> list[RegistrationResult]:
     """Register one pair with each of :data:`COMPARE_METHODS` through :func:`regcore.register` and score them the same way.
 
@@ -287,11 +288,15 @@ def compare_methods(
     longer side is at most ``max_side`` (the target to the source's size), and every method gets
     those same pixels; a note says so. ``refine_steps`` goes to :func:`register` (None: its
     defaults; methods without steps ignore it). ``progress(method)`` is called before each method.
+    ``timeout_s`` bounds the whole comparison, reading the images included (RegcoreError when spent).
     """
+    deadline = None if timeout_s is None else time.perf_counter() + timeout_s
     src = load_image(source, "source")
     tgt = load_image(target, "target")
     scale = min(1.0, max_side / max(src.shape))
     work = (max(1, round(src.shape[0] * scale)), max(1, round(src.shape[1] * scale)))
+    if min(work) < MIN_SIDE:
+        raise RegcoreError(f"source: {src.shape[1]}x{src.shape[0]} would be compared at {work[1]}x{work[0]}, under {MIN_SIDE} px a side")
     notes = [f"compared at {work[1]}x{work[0]} (longer side capped at {max_side})"] if work != src.shape else []
     src, tgt = _fit(src, work), _fit(tgt, work)
     name = resolve_model(model)
@@ -299,7 +304,10 @@ def compare_methods(
     for method in (m for m in COMPARE_METHODS if name or not METHODS[m].network):
         if progress is not None:
             progress(method)
-        result = register(src, tgt, method=method, model=name, refine_steps=refine_steps)
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            raise RegcoreError(f"the comparison took longer than {timeout_s:g} s and was stopped before {method!r}")
+        result = register(src, tgt, method=method, model=name, refine_steps=refine_steps, timeout_s=left)
         result.notes[:0] = notes
         results.append(result)
     return results

@@ -7,14 +7,17 @@ components and wires the events.
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import gradio as gr
 import numpy as np
 
 import regcore
 from regcore import viz
 
-from . import compute
-from .common import user_errors
+from . import common, compute
+from .common import HEAVY, Budget, user_errors
 
 __all__ = ["LEARN_PHOTOS", "LEARN_SIZE", "STEP_TEXT", "build_learn_tab", "learn_deform", "learn_steps", "learn_train"]
 
@@ -35,10 +38,11 @@ STEP_TEXT = {
 
 def learn_deform(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
     """Deform a photograph by a known random field, let the network recover it, compare the fields."""
+    budget = Budget()
     with user_errors():
         source, target, true_flow = compute.deform_photo(photo, LEARN_SIZE, magnitude, smoothness, int(seed))
         name = compute.resolve_model(model)
-        result = regcore.register(source, target, method="net" if name else "optimize", model=name)
+        result = regcore.register(source, target, method="net" if name else "optimize", model=name, timeout_s=budget.remaining())
     margin = 8
     epe = regcore.metrics.endpoint_error(result.flow, true_flow, margin)
     identity = regcore.metrics.endpoint_error(np.zeros_like(true_flow), true_flow, margin)
@@ -48,15 +52,34 @@ def learn_deform(photo: str, magnitude: float, smoothness: float, seed: float, m
         f"(mean distance between the true and the predicted displacement, {margin}-px border left out); "
         f"doing nothing would score {identity:.2f} px. Largest true displacement: {float(np.hypot(*true_flow).max()):.1f} px."
     )
-    return source, target, viz.field_comparison_figure(target, true_flow, result.flow, margin), text, (source, target)
+    figure = viz.field_comparison_figure(target, true_flow, result.flow, margin)
+    budget.check("while drawing the fields")
+    return source, target, figure, text, (source, target)
+
+
+_first_pairs_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def _first_pair_cached(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
+    return learn_deform(photo, magnitude, smoothness, seed, model)
+
+
+def first_pair(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
+    """What :func:`learn_deform` shows for the Learn tab's starting settings: computed once per model and
+    then kept, so that loading the page (which shows it) costs no worker and no CPU."""
+    with _first_pairs_lock:
+        return _first_pair_cached(photo, magnitude, smoothness, seed, model)
 
 
 def learn_steps(pair: tuple | None, model: str | None):
     """The four steps of the method on the Learn pair, as pictures and numbers."""
+    budget = Budget()
     if pair is None:
         raise gr.Error("Make a pair first (step 0 above).")
     with user_errors():
         steps = compute.walkthrough(pair[0], pair[1], compute.resolve_model(model))
+    budget.check("after the network's forward and backward pass")
     source, target = pair
     ncc_range = {"vmin": -1.0, "vmax": 1.0, "cmap": "RdYlGn"}
     who = f"`{steps.model}`" if steps.model else "an untrained network (no checkpoint found, so the field is ~0)"
@@ -64,7 +87,7 @@ def learn_steps(pair: tuple | None, model: str | None):
         f"Network: {who}. Similarity term −mean local NCC: before {-float(steps.ncc_before.mean()):.4f}, after "
         f"**{steps.similarity:.4f}**; smoothness term {steps.smoothness:.4f}; **loss = {steps.loss:.4f}**."
     )
-    return (
+    figures = (
         viz.quiver_figure(target, steps.flow, title="Step 1: the network's field"),
         viz.images_figure({"source": source, "warped source": steps.warped, "target": target}),
         viz.images_figure(
@@ -76,12 +99,18 @@ def learn_steps(pair: tuple | None, model: str | None):
         ),
         viz.gradient_norms_figure(steps.layer_grads),
     )
+    budget.check("while drawing the steps")
+    return figures
 
 
 def learn_train(steps: float, recipe: str, progress: gr.Progress = gr.Progress()):  # noqa: B008
-    """Train a tiny UNet live, streaming the loss curve and a sample registration every 10 steps."""
+    """Train a tiny UNet live, streaming the loss curve and a sample registration every 10 steps.
+
+    Training stops, and the status says so, once :data:`webapp.common.TRAIN_TIMEOUT_S` has passed.
+    """
+    budget = Budget(common.TRAIN_TIMEOUT_S)
     with user_errors():
-        for update in compute.train_live(steps=int(steps), recipe=recipe):
+        for update in compute.train_live(steps=int(steps), recipe=recipe, should_stop=budget.expired):
             progress((update.step, update.total), desc="training")
             curve = viz.loss_curve_figure(
                 range(1, update.step + 1), update.losses, extra={"EPE on the photo (px)": (update.epe_steps, update.epe)}
@@ -93,6 +122,8 @@ def learn_train(steps: float, recipe: str, progress: gr.Progress = gr.Progress()
                 f"step {update.step}/{update.total} · loss {update.losses[-1]:.4f} · endpoint error on the photo "
                 f"**{update.epe[-1]:.2f} px** (first check {update.epe[0]:.2f} px) · {rate:.1f} steps/s"
             )
+            if update.step < update.total and budget.expired():
+                status += f" · **stopped: live training is limited to {budget.seconds:g} s**"
             yield curve, sample, status
 
 
@@ -175,9 +206,14 @@ def build_learn_tab(app: gr.Blocks, model: gr.Dropdown) -> None:
     train_btn, stop_btn, train_inputs, train_outputs = _train_section()
 
     deform_event = gr.on(
-        [*triggers, app.load], learn_deform, [*deform_inputs, model], [*deform_outputs, pair], api_name="deform", trigger_mode="always_last"
+        triggers, learn_deform, [*deform_inputs, model], [*deform_outputs, pair], api_name="deform", trigger_mode="always_last", **HEAVY
     )
-    deform_event.then(lambda: [None] * len(step_outputs), None, step_outputs, api_visibility="private", queue=False)
-    steps_btn.click(learn_steps, [pair, model], step_outputs, api_name="walkthrough")
-    train_event = train_btn.click(learn_train, train_inputs, train_outputs, api_name="train", concurrency_limit=1, concurrency_id="train")
+    # Every page load shows the starting pair: computed once and kept (first_pair), it needs no
+    # worker, so loading the page never waits for, nor delays, the heavy requests in the queue.
+    start = functools.partial(first_pair, *(component.value for component in deform_inputs))
+    load_event = app.load(start, model, [*deform_outputs, pair], api_visibility="private", queue=False)
+    for event in (deform_event, load_event):
+        event.then(lambda: [None] * len(step_outputs), None, step_outputs, api_visibility="private", queue=False)
+    steps_btn.click(learn_steps, [pair, model], step_outputs, api_name="walkthrough", **HEAVY)
+    train_event = train_btn.click(learn_train, train_inputs, train_outputs, api_name="train", **HEAVY)
     stop_btn.click(None, None, None, cancels=[train_event], api_visibility="private")

@@ -2,6 +2,11 @@
 
 :func:`register_pair` is the computation's glue (regcore.register -> pictures, scores, files);
 :func:`build_register_tab` lays out the components and wires the events.
+
+Everything shown and saved is at the registered resolution (``result.registered``: the longer
+side capped at 512 px), so a request's time, memory and files stay proportional to the work
+whatever the size of the upload: a 4096² pair gives a 512² field (2 MB), not a 134 MB one. The
+field's scale to the source's pixels is in metrics.json (``field_scale``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import regcore
 from regcore import viz
 from regcore.pipeline import DEFAULT_METHOD, DEFAULT_REFINE_STEPS, FALLBACK_METHOD, METHODS
 
-from .common import REQUEST_TIMEOUT_S, UploadedImage, fast_png, output_dir, round_sig, user_errors
+from .common import HEAVY, Budget, UploadedImage, fast_png, output_dir, round_sig, user_errors
 
 __all__ = ["EXAMPLES", "RegisterTab", "build_register_tab", "register_pair", "steps_for_method"]
 
@@ -51,6 +56,9 @@ def _summary(result: regcore.RegistrationResult) -> str:
         f"**{result.method}**{model} in **{result.time_s:.2f} s** · local NCC {b['local_ncc']:.3f} → **{a['local_ncc']:.3f}**, "
         f"MSE {b['mse']:.4f} → **{a['mse']:.4f}**, folding {a['folding_percent']:.3f}%"
     ]
+    if result.source_shape is not None:
+        (h, w), (full_h, full_w) = result.source.shape, result.source_shape
+        lines.append(f"- shown, scored and saved at {w}x{h}, the registered size (the source is {full_w}x{full_h})")
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines)
 
@@ -66,8 +74,10 @@ def register_pair(
     """Register ``source`` onto ``target`` and return every picture and score the Register tab shows.
 
     Returns, in order: warped source, checkerboard (before, after), |difference| strip (before | after),
-    quiver plot, deformed grid, Jacobian map, scores table, summary, [flow.npy, warped.png, metrics.json].
+    quiver plot, deformed grid, Jacobian map, scores table, summary, [flow.npy, warped.png, metrics.json];
+    all at the registered resolution, within one time budget (:class:`webapp.common.Budget`).
     """
+    budget = Budget()
     if source is None or target is None:
         raise gr.Error("Upload a source and a target image (or click one of the examples).")
 
@@ -76,11 +86,18 @@ def register_pair(
 
     with user_errors():
         result = regcore.register(
-            source, target, method=method, model=model or None, refine_steps=int(refine_steps), progress=report, timeout_s=REQUEST_TIMEOUT_S
-        )
+            source,
+            target,
+            method=method,
+            model=model or None,
+            refine_steps=int(refine_steps),
+            progress=report,
+            timeout_s=budget.remaining(),
+        ).registered
     src, tgt, warped, flow = result.source, result.target, result.warped, result.flow
     out = output_dir()
-    files = result.save(out)
+    files = result.save(out)  # the scores and the Jacobian are computed here, once
+    budget.check("while scoring the result")
     # Pictures go out as PNG files written here with fast compression: handing gradio arrays would
     # re-encode each at PNG's default level, several times slower (it matters for latency).
     pictures = {
@@ -90,13 +107,14 @@ def register_pair(
         "difference": viz.image_strip([viz.difference_image(src, tgt), viz.difference_image(warped, tgt)]),
     }
     paths = {name: fast_png(out / f"{name}.png", image) for name, image in pictures.items()}
+    budget.check("while drawing the pictures")
+    figures = viz.quiver_figure(tgt, flow), viz.grid_figure(src, flow), viz.jacobian_figure(flow, jacobian=result.jacobian)
+    budget.check("while drawing the figures")
     return (
         str(files["warped"]),
         (paths["checker_before"], paths["checker_after"]),
         paths["difference"],
-        viz.quiver_figure(tgt, flow),
-        viz.grid_figure(src, flow),
-        viz.jacobian_figure(flow),
+        *figures,
         _scores_table(result),
         _summary(result),
         [str(files["flow"]), str(files["warped"]), str(files["metrics"])],
@@ -164,11 +182,15 @@ def build_register_tab() -> RegisterTab:
         checker = gr.ImageSlider(label="Checkerboard with target: before | after", format="png", elem_id="checker")
         difference = gr.Image(label="|diff| to target: before | after", format="png", interactive=False, elem_id="difference")
         jacobian = gr.Plot(label="Jacobian determinant", elem_id="jacobian")
-    files = gr.File(label="Downloads: flow.npy (2, H, W) pixels, warped.png, metrics.json", file_count="multiple", elem_id="files")
+    files = gr.File(
+        label="Downloads, at the registered size: flow.npy (2, h, w) pixels, warped.png, metrics.json (with the field's scale)",
+        file_count="multiple",
+        elem_id="files",
+    )
 
     outputs = [warped, checker, difference, quiver, grid, jacobian, scores, summary, files]
     inputs = [source, target, method, model, steps]
-    run.click(register_pair, inputs, outputs, api_name="register", concurrency_limit=2, concurrency_id="register")
-    examples.load_input_event.then(register_pair, inputs, outputs, api_visibility="private", concurrency_id="register")
+    run.click(register_pair, inputs, outputs, api_name="register", **HEAVY)
+    examples.load_input_event.then(register_pair, inputs, outputs, api_visibility="private", **HEAVY)
     method.change(steps_for_method, method, steps, api_visibility="private", queue=False)
     return RegisterTab(source, target, model)
