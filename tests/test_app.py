@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gradio_client
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,8 +25,6 @@ from regcore.warp import warp
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE, TARGET = ROOT / "examples" / "camera_source.png", ROOT / "examples" / "camera_target.png"
-
-gradio_client = pytest.importorskip("gradio_client")
 
 
 def free_port() -> int:

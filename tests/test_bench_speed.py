@@ -41,8 +41,6 @@ def _tiny(tmp_path):
 
 
 def test_onnx_runtime_path_matches_pytorch_at_any_size(tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
     monkeypatch.setenv("REGCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("REGCORE_ONNX", "1")
     net = load_model(_tiny(tmp_path))
@@ -62,8 +60,6 @@ def test_onnx_runtime_path_matches_pytorch_at_any_size(tmp_path, monkeypatch):
 
 
 def test_a_tampered_onnx_cache_file_is_replaced_not_used(tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
     monkeypatch.setenv("REGCORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("REGCORE_ONNX", "1")
     net, other = (RegNet(enc_features=(8, 8, 8), dec_features=(8, 8, 8), final_features=(8,)) for _ in range(2))

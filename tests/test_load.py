@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-pytest.importorskip("gradio_client")
 ROOT = Path(__file__).resolve().parent.parent
 
 
