@@ -1,19 +1,27 @@
-"""Bounded load test of the Gradio app on loopback: concurrent API users against ``python app.py``.
+"""Bounded load test of the Gradio app on loopback: concurrent API users on mixed endpoints against ``python app.py``.
 
-    nice -n 10 python -m benchmarks.load [--users 8] [--duration 60] [--probe] [--json out.json]
+    python -m benchmarks.load [--users 8] [--duration 60] [--mix register=5,deform=2,...] [--pair examples|flat4096] [--results NAME]
 
-Starts ``python app.py`` on a free port of 127.0.0.1 (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``),
-waits until it answers, then runs ``--users`` threads, each with its own ``gradio_client.Client``,
-calling ``/register`` with a (source, target) pair of image files (the app's first example by
-default; every other input keeps its default) until ``--duration`` seconds have passed or
-``--max-requests`` per user are done. Each request has its own time limit (``--request-timeout``;
-a request over it is cancelled and counted as an error). Meanwhile the server process's RSS is
-sampled every ``--sample-every`` seconds. Reported: requests served, errors (with their
-messages), p50/p95/max latency, throughput, and the server's RSS before the load, during and
-after the warm-up (by default until one request per user has finished), at its peak, at the
-end, and its growth after the warm-up in MiB/min (target: zero errors and memory flat after warm-up).
-``--probe`` first sends bad uploads (empty, not an image, truncated, a decompression bomb, a
-4×4 image) and reports what each got, then checks that the server still serves.
+Starts ``python app.py`` on a free port of 127.0.0.1 (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``)
+with a temporary folder of its own (``TMPDIR``, ``GRADIO_TEMP_DIR``), waits until it answers, then
+runs ``--users`` threads, each with its own ``gradio_client.Client``, until ``--duration`` seconds
+have passed or ``--max-requests`` per user are done. Each request goes to an endpoint drawn from
+``--mix`` (weights; seeded per user): ``/register`` with the (source, target) pair of ``--pair``
+(the app's first example, or ``flat4096``: a generated 4096² pair of flat blocks, ~40 KB as PNG),
+``/deform`` (a new seed each time), ``/walkthrough`` (after a ``/deform`` in the same session),
+``/compare`` on the pair, and ``/train`` with ``--train-steps`` steps; every other input keeps its
+default. Each request has its own time limit (``--request-timeout``; over it, it is cancelled and
+counted as an error). Meanwhile the server's RSS and the size of its temporary folder are sampled
+every ``--sample-every`` seconds.
+
+Reported, overall and per endpoint: requests, errors (with their messages), requests/s, latency
+p50/p90/p95/p99/max; the server's RSS idle, during warm-up (by default until one request per user
+has finished), after it (first, peak, end), its growth after warm-up (% of the first value after
+warm-up, at the peak and at the end, and MiB/min), and how much its temporary folder grew. With
+``--results NAME`` the figures go to ``benchmarks/results/NAME.json`` and ``NAME.md`` (paths in
+them relative to the repository). ``--probe`` first sends bad uploads (empty, not an image,
+truncated, a decompression bomb, a 4×4 image) and reports what each got, then checks that the
+server still serves.
 
 Only 127.0.0.1 is ever contacted; the server is stopped at the end whatever happens.
 """
@@ -24,6 +32,7 @@ import argparse
 import io
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -72,9 +81,16 @@ def rss_mb(pid: int) -> float | None:
 
 
 @contextmanager
-def app_server(port: int, log_path: Path, start_timeout: float = 240.0) -> Iterator[subprocess.Popen]:
-    """Run ``python app.py`` on ``127.0.0.1:port`` until the block ends; yields the process."""
+def app_server(port: int, log_path: Path, temp_dir: Path | None = None, start_timeout: float = 240.0) -> Iterator[subprocess.Popen]:
+    """Run ``python app.py`` on ``127.0.0.1:port`` until the block ends; yields the process.
+
+    ``temp_dir``: the server's temporary folder (``TMPDIR``, and Gradio's cache ``GRADIO_TEMP_DIR``
+    inside it), so that what it writes can be measured.
+    """
     env = {**os.environ, "GRADIO_SERVER_NAME": HOST, "GRADIO_SERVER_PORT": str(port)}
+    if temp_dir is not None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        env.update({"TMPDIR": str(temp_dir), "GRADIO_TEMP_DIR": str(temp_dir / "gradio")})
     env.update({"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     with open(log_path, "wb") as log:
         # A session of its own, so that stopping it stops any child it started too.
@@ -112,13 +128,26 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-class MemorySampler(threading.Thread):
-    """Samples a process's RSS every ``every`` seconds into ``samples`` as (seconds since start, MiB)."""
+def folder_mb(folder: Path) -> float:
+    """Size in MiB of the files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:  # deleted while we looked (the app's cleaning)
+            pass
+    return total / 2**20
 
-    def __init__(self, pid: int, every: float) -> None:
+
+class Sampler(threading.Thread):
+    """Samples a process's RSS and a folder's size every ``every`` seconds: ``samples`` holds
+    (seconds since start, RSS MiB, folder MiB)."""
+
+    def __init__(self, pid: int, folder: Path, every: float) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every = pid, every
-        self.samples: list[tuple[float, float]] = []
+        self.pid, self.folder, self.every = pid, folder, every
+        self.samples: list[tuple[float, float, float]] = []
         self.start_time = time.monotonic()
         self._stop_event = threading.Event()
 
@@ -126,7 +155,7 @@ class MemorySampler(threading.Thread):
         while not self._stop_event.is_set():
             value = rss_mb(self.pid)
             if value is not None:
-                self.samples.append((time.monotonic() - self.start_time, value))
+                self.samples.append((time.monotonic() - self.start_time, value, folder_mb(self.folder)))
             self._stop_event.wait(self.every)
 
     def stop(self) -> None:
@@ -135,7 +164,9 @@ class MemorySampler(threading.Thread):
 
 
 @dataclass
-class UserStats:
+class Stats:
+    """One user's (or one endpoint's) requests: latencies, when each finished, errors, answers that were not what the endpoint returns."""
+
     latencies: list[float] = field(default_factory=list)
     finished_at: list[float] = field(default_factory=list)  # seconds since the load started
     errors: list[str] = field(default_factory=list)
@@ -143,7 +174,7 @@ class UserStats:
 
 
 def _is_image_file(path: object) -> bool:
-    """Did the request return a readable image as its first output?"""
+    """Is ``path`` a readable image file?"""
     from PIL import Image
 
     try:
@@ -154,35 +185,112 @@ def _is_image_file(path: object) -> bool:
         return False
 
 
-def _user(url: str, pair: tuple[Path, Path], stop_at: float, max_requests: int, timeout: float, start: float, downloads: Path) -> UserStats:
-    from gradio_client import Client, handle_file
+#: ``--mix`` default: the Register tab most, the others as a visitor of the Space would use them.
+DEFAULT_MIX = {"register": 5.0, "deform": 2.0, "walkthrough": 1.0, "compare": 1.0, "train": 0.5}
+ENDPOINTS = tuple(DEFAULT_MIX)
 
-    stats = UserStats()
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"register=5,deform=2"`` (or just ``"register"``) -> endpoint weights."""
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {name!r}; choose from {', '.join(ENDPOINTS)}")
+        mix[name] = float(weight or 1.0)
+        if mix[name] < 0:
+            raise ValueError(f"the weight of {name} must be >= 0")
+    if not mix or sum(mix.values()) <= 0:
+        raise ValueError("the mix names no endpoint with a positive weight")
+    return mix
+
+
+class Session:
+    """One user's gradio_client session: one request to an endpoint, its answer checked."""
+
+    def __init__(self, client, pair: tuple[Path, Path], train_steps: int, seed: int) -> None:
+        self.client, self.pair, self.train_steps = client, pair, train_steps
+        self.rng = random.Random(seed)
+        self.has_pair = False  # /walkthrough needs a /deform first, in the same session
+
+    def submit(self, endpoint: str):
+        from gradio_client import handle_file
+
+        source, target = (handle_file(str(p)) for p in self.pair)
+        if endpoint == "register":
+            return self.client.submit(source, target, api_name="/register")
+        if endpoint == "deform":
+            return self.client.submit("camera", 6, 4, self.rng.randrange(100), None, api_name="/deform")
+        if endpoint == "walkthrough":
+            return self.client.submit(None, api_name="/walkthrough")
+        if endpoint == "compare":
+            return self.client.submit(source, target, None, api_name="/compare")
+        return self.client.submit(self.train_steps, "hybrid", api_name="/train")
+
+    @staticmethod
+    def answer_ok(endpoint: str, outputs) -> bool:
+        """Did the endpoint return what it returns (an image first, plots, a gallery, a status)?"""
+        if endpoint in ("register", "deform"):
+            return _is_image_file(outputs[0])
+        if endpoint == "walkthrough":
+            return len(outputs) == 6 and all(isinstance(o, dict) for o in (*outputs[:3], *outputs[4:]))
+        if endpoint == "compare":
+            return bool(outputs[0]) and all(_is_image_file(item["image"]) for item in outputs[0])
+        return isinstance(outputs[2], str) and "step" in outputs[2]
+
+
+def _user(
+    url: str, pair: tuple[Path, Path], mix: dict[str, float], stop_at: float, max_requests: int, timeout: float, start: float, options: dict
+) -> dict[str, Stats]:
+    from gradio_client import Client
+
+    stats = {name: Stats() for name in mix}
+    first = next(iter(mix))
     try:
-        client = Client(url, verbose=False, download_files=str(downloads), analytics_enabled=False)
+        client = Client(url, verbose=False, download_files=str(options["downloads"]), analytics_enabled=False)
     except Exception as err:  # a load test reports every failure rather than dying on the first
-        stats.errors.append(f"connect: {type(err).__name__}: {err}")
+        stats[first].errors.append(f"connect: {type(err).__name__}: {err}")
         return stats
+    session = Session(client, pair, options["train_steps"], options["seed"])
+    names, weights = list(mix), list(mix.values())
     for _ in range(max_requests):
         if time.monotonic() >= stop_at:
             break
+        endpoint = session.rng.choices(names, weights)[0]
+        if endpoint == "walkthrough" and not session.has_pair:
+            endpoint = "deform" if "deform" in mix else endpoint
         t0 = time.monotonic()
-        job = client.submit(handle_file(str(pair[0])), handle_file(str(pair[1])), api_name="/register")
+        job = session.submit(endpoint)
         try:
             outputs = job.result(timeout=timeout)
         except TimeoutError:
             job.cancel()
-            stats.errors.append(f"no answer within {timeout:g} s")
+            stats[endpoint].errors.append(f"no answer within {timeout:g} s")
             continue
         except Exception as err:
-            stats.errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+            text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            stats[endpoint].errors.append(f"{type(err).__name__}: {text}")
             continue
-        stats.latencies.append(time.monotonic() - t0)
-        stats.finished_at.append(time.monotonic() - start)
-        first = outputs[0] if isinstance(outputs, (list, tuple)) and outputs else outputs
-        if not _is_image_file(first):
-            stats.bad_outputs += 1
+        stats[endpoint].latencies.append(time.monotonic() - t0)
+        stats[endpoint].finished_at.append(time.monotonic() - start)
+        session.has_pair |= endpoint == "deform"
+        if not Session.answer_ok(endpoint, outputs):
+            stats[endpoint].bad_outputs += 1
     return stats
+
+
+def flat_blocks_pair(folder: Path, side: int = 4096, block: int = 64) -> tuple[Path, Path]:
+    """A ``side``² pair of flat gray blocks (the target shifted by (24, -16) px): tens of KB as PNG,
+    ``side``² pixels once decoded. The shape of a cheap upload that costs the server most."""
+    import numpy as np
+    from PIL import Image
+
+    blocks = (np.random.default_rng(0).integers(0, 8, (side // block, side // block)) * 32).astype(np.uint8)
+    image = np.kron(blocks, np.ones((block, block), np.uint8))
+    paths = folder / f"flat{side}_source.png", folder / f"flat{side}_target.png"
+    Image.fromarray(image).save(paths[0], optimize=True)
+    Image.fromarray(np.roll(image, (24, -16), axis=(0, 1))).save(paths[1], optimize=True)
+    return paths
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -255,37 +363,75 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
+def _latency_figures(stats: list[Stats], elapsed: float) -> dict:
+    """Requests, errors, requests/s and latency percentiles of some users' (or one endpoint's) requests."""
+    latencies = sorted(x for st in stats for x in st.latencies)
+    figures = {
+        "requests": len(latencies),
+        "errors": sum(len(st.errors) for st in stats),
+        "bad_outputs": sum(st.bad_outputs for st in stats),
+        "requests_per_s": round(len(latencies) / elapsed, 3) if elapsed > 0 else 0.0,
+    }
+    for q in (50, 90, 95, 99):
+        figures[f"latency_p{q}_s"] = round(_percentile(latencies, q), 2)
+    figures["latency_max_s"] = round(max(latencies), 2) if latencies else float("nan")
+    return figures
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it, else its name (results files name no machine)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
 def run_load(
     users: int = 8,
     duration: float = 60.0,
-    pair: tuple[Path, Path] = DEFAULT_PAIR,
+    pair: tuple[Path, Path] | str = DEFAULT_PAIR,
     max_requests: int = 10_000,
     request_timeout: float = 120.0,
     warmup: float | None = None,
     sample_every: float = 0.5,
     probe_bad: bool = False,
+    mix: dict[str, float] | None = None,
+    train_steps: int = 50,
 ) -> dict:
-    """Start the app, load it, stop it; return the figures (see the module docstring)."""
+    """Start the app, load it, stop it; return the figures (see the module docstring).
+
+    ``pair``: two image paths, or ``"flat4096"`` for :func:`flat_blocks_pair`'s generated pair.
+    """
+    mix = dict(mix or {"register": 1.0})
     port = free_port()
     url = f"http://{HOST}:{port}/"
     with tempfile.TemporaryDirectory(prefix="regcore-load-") as tmp:
         tmp_path = Path(tmp)
+        if pair == "flat4096":
+            pair, pair_name = flat_blocks_pair(tmp_path), "flat4096 (generated: 4096² flat blocks)"
+        else:
+            pair_name = " + ".join(_relative(p) for p in pair)
+        pair_kb = [round(p.stat().st_size / 1024, 1) for p in pair]
+        server_tmp = tmp_path / "server-tmp"
+        downloads = tmp_path / "downloads"
+        downloads.mkdir()
         t_launch = time.monotonic()
-        with app_server(port, tmp_path / "app.log") as proc:
+        with app_server(port, tmp_path / "app.log", server_tmp) as proc:
             startup_s = time.monotonic() - t_launch
-            sampler = MemorySampler(proc.pid, sample_every)
+            sampler = Sampler(proc.pid, server_tmp, sample_every)
             sampler.start()
             time.sleep(min(2.0, 4 * sample_every))
-            idle_mb = max((v for _, v in sampler.samples), default=float("nan"))
-            outcomes = probe(url, pair[1], tmp_path, request_timeout) if probe_bad else []
+            idle_mb = max((v for _, v, _ in sampler.samples), default=float("nan"))
+            outcomes = probe(url, pair[1], downloads, request_timeout) if probe_bad else []
             alive_after_probe = proc.poll() is None
             start = time.monotonic()
             load_t0 = start - sampler.start_time
             stop_at = start + duration
-            results: list[UserStats] = [UserStats() for _ in range(users)]
+            results: list[dict[str, Stats]] = [{} for _ in range(users)]
 
             def work(i: int) -> None:
-                results[i] = _user(url, pair, stop_at, max_requests, request_timeout, start, tmp_path)
+                options = {"downloads": downloads, "train_steps": train_steps, "seed": i}
+                results[i] = _user(url, pair, mix, stop_at, max_requests, request_timeout, start, options)
 
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(users)]
             for t in threads:
@@ -297,98 +443,159 @@ def run_load(
             hung = sum(t.is_alive() for t in threads)
             sampler.stop()
             server_alive = proc.poll() is None
-    latencies = sorted(x for r in results for x in r.latencies)
-    errors = [e for r in results for e in r.errors] + [f"user thread still running after the time limit ({hung})"] * bool(hung)
+    by_endpoint = {name: [r[name] for r in results if name in r] for name in mix}
+    everything = [st for sts in by_endpoint.values() for st in sts]
+    errors = [e for st in everything for e in st.errors] + [f"user thread still running after the time limit ({hung})"] * bool(hung)
     samples = sampler.samples
-    load_samples = [(t - load_t0, v) for t, v in samples if t >= load_t0]
+    load_samples = [(t - load_t0, rss, disk) for t, rss, disk in samples if t >= load_t0]
     if warmup is None:
         # Warm-up ends when as many requests as there are users have finished: by then every
         # worker has run the whole path once (model loaded, plots built, caches filled).
-        finished = sorted(t for r in results for t in r.finished_at)
+        finished = sorted(t for st in everything for t in st.finished_at)
         warmup = finished[min(users, len(finished)) - 1] if finished else duration
-    after_warmup = [v for t, v in load_samples if t >= warmup]
-    warm_samples = [v for t, v in load_samples if t < warmup]
-    growth = _slope_per_min([(t, v) for t, v in load_samples if t >= warmup])
+    after = [(t, rss) for t, rss, _ in load_samples if t >= warmup]
+    during = [rss for t, rss, _ in load_samples if t < warmup]
+    growth = _slope_per_min(after)
+    first_after = after[0][1] if after else None
+    disk = [d for _, _, d in samples]
+
+    def percent(value: float | None) -> float | None:
+        return None if value is None or not first_after else round(100.0 * (value - first_after) / first_after, 1)
+
+    overall = _latency_figures(everything, elapsed)
+    overall["errors"] += bool(hung) * hung
     return {
         "users": users,
         "duration_s": duration,
+        "mix": mix,
+        "pair": pair_name,
+        "pair_kb": pair_kb,
         "elapsed_s": round(elapsed, 1),
         "startup_s": round(startup_s, 1),
-        "requests": len(latencies),
-        "errors": len(errors),
+        **overall,
         "error_messages": sorted(set(errors))[:10],
-        "bad_outputs": sum(r.bad_outputs for r in results),
-        "throughput_per_min": round(60 * len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
-        "latency_p50_s": round(_percentile(latencies, 50), 2),
-        "latency_p95_s": round(_percentile(latencies, 95), 2),
-        "latency_max_s": round(max(latencies), 2) if latencies else float("nan"),
+        "endpoints": {name: _latency_figures(sts, elapsed) for name, sts in by_endpoint.items()},
         "rss_idle_mb": round(idle_mb, 1),
-        "rss_peak_warmup_mb": round(max(warm_samples), 1) if warm_samples else None,
-        "rss_peak_after_warmup_mb": round(max(after_warmup), 1) if after_warmup else None,
-        "rss_first_after_warmup_mb": round(after_warmup[0], 1) if after_warmup else None,
-        "rss_end_mb": round(load_samples[-1][1], 1) if load_samples else None,
         "warmup_s": round(warmup, 1),
+        "rss_peak_warmup_mb": round(max(during), 1) if during else None,
+        "rss_first_after_warmup_mb": None if first_after is None else round(first_after, 1),
+        "rss_peak_after_warmup_mb": round(max(v for _, v in after), 1) if after else None,
+        "rss_end_mb": round(load_samples[-1][1], 1) if load_samples else None,
+        "rss_growth_after_warmup_peak_percent": percent(max(v for _, v in after)) if after else None,
+        "rss_growth_after_warmup_end_percent": percent(after[-1][1]) if after else None,
         "rss_growth_after_warmup_mb_per_min": None if growth is None else round(growth, 1),
-        "rss_peak_mb": round(max(v for _, v in samples), 1) if samples else None,
-        "rss_timeline_mb": [(round(t, 1), round(v)) for t, v in load_samples[:: max(1, len(load_samples) // 24)]],
+        "rss_peak_mb": round(max(v for _, v, _ in samples), 1) if samples else None,
+        "rss_timeline_mb": [(round(t, 1), round(v)) for t, v, _ in load_samples[:: max(1, len(load_samples) // 24)]],
+        "temp_start_mb": round(disk[0], 1) if disk else None,
+        "temp_peak_mb": round(max(disk), 1) if disk else None,
+        "temp_end_mb": round(disk[-1], 1) if disk else None,
+        "temp_growth_mb": round(disk[-1] - disk[0], 1) if disk else None,
+        "load_average_1min": [round(v, 2) for v in os.getloadavg()],
         "probe": outcomes,
         # Served requests after the probe show that the bad uploads left the server working.
-        "still_serving_after_probe": (alive_after_probe and bool(latencies)) if probe_bad else None,
+        "still_serving_after_probe": (alive_after_probe and overall["requests"] > 0) if probe_bad else None,
         "server_alive_at_end": server_alive,
     }
 
 
-def _print(report: dict) -> None:
+def _lines(report: dict) -> list[str]:
+    """The report as the lines ``main`` prints (and the results file keeps)."""
     r = report
-    print(f"{r['users']} users for {r['duration_s']:g} s (ran {r['elapsed_s']} s; app start-up {r['startup_s']} s), loopback {HOST}")
-    for name, outcome in r["probe"]:
-        print(f"  bad upload {name!r}: {outcome}")
+    mix = ", ".join(f"{name} {weight:g}" for name, weight in r["mix"].items())
+    lines = [
+        f"{r['users']} users for {r['duration_s']:g} s on {mix} (ran {r['elapsed_s']} s; app start-up {r['startup_s']} s), "
+        f"loopback {HOST}; pair {r['pair']} ({' + '.join(f'{kb:g} KB' for kb in r['pair_kb'])})",
+    ]
+    lines += [f"  bad upload {name!r}: {outcome}" for name, outcome in r["probe"]]
     if r["probe"]:
-        print(f"  still serving after the bad uploads: {r['still_serving_after_probe']}")
-    print(f"requests served {r['requests']}, errors {r['errors']}, first output not an image {r['bad_outputs']}")
-    for message in r["error_messages"]:
-        print(f"  error: {message}")
-    latency = f"latency p50 {r['latency_p50_s']} s, p95 {r['latency_p95_s']} s, max {r['latency_max_s']} s"
-    print(f"{latency}; {r['throughput_per_min']} requests/min")
-    print(
+        lines.append(f"  still serving after the bad uploads: {r['still_serving_after_probe']}")
+    lines.append("endpoint     requests  errors  bad  req/s   p50 s   p90 s   p95 s   p99 s   max s")
+    for name, e in [*r["endpoints"].items(), ("all", r)]:
+        lines.append(
+            f"{name:12} {e['requests']:8} {e['errors']:7} {e['bad_outputs']:4} {e['requests_per_s']:6.3f} "
+            + " ".join(f"{e[k]:7}" for k in ("latency_p50_s", "latency_p90_s", "latency_p95_s", "latency_p99_s", "latency_max_s"))
+        )
+    lines += [f"  error: {message}" for message in r["error_messages"]]
+    lines.append(
         f"server RSS MiB: idle {r['rss_idle_mb']}, peak during warm-up (first {r['warmup_s']} s) {r['rss_peak_warmup_mb']}, "
-        f"first after warm-up {r['rss_first_after_warmup_mb']}, peak after warm-up {r['rss_peak_after_warmup_mb']}, "
-        f"growth after warm-up {r['rss_growth_after_warmup_mb_per_min']} MiB/min, "
-        f"end {r['rss_end_mb']}, overall peak {r['rss_peak_mb']}"
+        f"first after warm-up {r['rss_first_after_warmup_mb']}, peak after warm-up {r['rss_peak_after_warmup_mb']} "
+        f"({r['rss_growth_after_warmup_peak_percent']:+}%), end {r['rss_end_mb']} ({r['rss_growth_after_warmup_end_percent']:+}%), "
+        f"trend after warm-up {r['rss_growth_after_warmup_mb_per_min']} MiB/min, overall peak {r['rss_peak_mb']}"
+        if r["rss_first_after_warmup_mb"] is not None
+        else f"server RSS MiB: idle {r['rss_idle_mb']}, overall peak {r['rss_peak_mb']} (no sample after warm-up)"
     )
-    print("RSS over time (s: MiB): " + ", ".join(f"{t:g}: {v}" for t, v in r["rss_timeline_mb"]))
+    lines.append("RSS over time (s: MiB): " + ", ".join(f"{t:g}: {v}" for t, v in r["rss_timeline_mb"]))
+    lines.append(
+        f"server temporary folder MiB: {r['temp_start_mb']} at the start, peak {r['temp_peak_mb']}, end {r['temp_end_mb']} "
+        f"(grew {r['temp_growth_mb']}); 1-minute load average at the end {r['load_average_1min'][0]}"
+    )
+    return lines
 
 
-def main() -> None:
+def write_results(report: dict, name: str, command: str) -> tuple[Path, Path]:
+    """``benchmarks/results/NAME.json`` (every figure) and ``NAME.md`` (the command and the printed report)."""
+    folder = ROOT / "benchmarks" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{name}.json", folder / f"{name}.md"
+    json_path.write_text(json.dumps({"command": command, **report}, indent=1) + "\n")
+    text = [
+        f"# Load test: {name}",
+        "",
+        f"Written by `python -m benchmarks.load` (`benchmarks/load.py`); every figure is in [`{json_path.name}`]({json_path.name}).",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "```",
+        *_lines(report),
+        "```",
+        "",
+    ]
+    md_path.write_text("\n".join(text))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=8, help="concurrent API clients (default 8)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
+    p.add_argument("--mix", default="register", help=f"endpoint weights, e.g. {','.join(f'{k}={v:g}' for k, v in DEFAULT_MIX.items())}")
     p.add_argument("--max-requests", type=int, default=10_000, help="at most this many requests per user")
     p.add_argument("--request-timeout", type=float, default=120.0, help="a request is cancelled after this many seconds")
     p.add_argument(
         "--warmup", type=float, default=None, help="seconds of load counted as warm-up (default: until one request per user has finished)"
     )
-    p.add_argument("--sample-every", type=float, default=0.5, help="RSS sampling period, seconds")
-    p.add_argument("--source", type=Path, default=DEFAULT_PAIR[0])
-    p.add_argument("--target", type=Path, default=DEFAULT_PAIR[1])
+    p.add_argument("--sample-every", type=float, default=0.5, help="RSS and temporary-folder sampling period, seconds")
+    p.add_argument("--pair", default="examples", help="'examples' (examples/camera_*.png), 'flat4096' (generated), or SOURCE,TARGET")
+    p.add_argument("--train-steps", type=int, default=50, help="steps of each /train request")
     p.add_argument("--probe", action="store_true", help="first send bad uploads and report what each got")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = p.parse_args()
+    p.add_argument("--results", default=None, metavar="NAME", help="write benchmarks/results/NAME.json and NAME.md")
+    args = p.parse_args(argv)
     if args.users < 1 or args.duration <= 0 or args.max_requests < 1:
         p.error("--users, --duration and --max-requests must be positive")
+    try:
+        mix = parse_mix(args.mix)
+    except ValueError as err:
+        p.error(str(err))
+    pair = {"examples": DEFAULT_PAIR, "flat4096": "flat4096"}.get(args.pair) or tuple(Path(x) for x in args.pair.split(","))
     report = run_load(
         args.users,
         args.duration,
-        (args.source, args.target),
-        args.max_requests,
-        args.request_timeout,
-        args.warmup,
-        args.sample_every,
-        args.probe,
+        pair,
+        max_requests=args.max_requests,
+        request_timeout=args.request_timeout,
+        warmup=args.warmup,
+        sample_every=args.sample_every,
+        probe_bad=args.probe,
+        mix=mix,
+        train_steps=args.train_steps,
     )
-    _print(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    print("\n".join(_lines(report)))
+    if args.results:
+        command = "python -m benchmarks.load " + " ".join(argv if argv is not None else sys.argv[1:])
+        for path in write_results(report, args.results, command):
+            print(f"wrote {_relative(path)}")
     sys.exit(0 if report["errors"] == 0 and report["bad_outputs"] == 0 else 1)
 
 

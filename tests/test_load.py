@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +41,28 @@ def test_app_under_concurrent_users_and_bad_uploads(photo, tmp_path):
         warmup=None,
         sample_every=0.25,
         probe_bad=True,
+        mix=load.parse_mix("register=2,deform=1,walkthrough=1"),
     )
     assert report["errors"] == 0, report["error_messages"]
-    assert report["requests"] >= 2 and report["bad_outputs"] == 0  # every request returned a warped image
+    assert report["requests"] >= 2 and report["bad_outputs"] == 0  # every answer was what its endpoint returns
+    assert set(report["endpoints"]) == {"register", "deform", "walkthrough"}
+    assert sum(e["requests"] for e in report["endpoints"].values()) == report["requests"]
     assert report["server_alive_at_end"] and report["rss_peak_mb"] > 50
+    assert 0 <= report["temp_peak_mb"] < 50  # the uploads and the files handed back, no more
     assert len(report["probe"]) == 6
     for name, outcome in report["probe"]:
         assert outcome.startswith("AppError: "), (name, outcome)  # an error message, not a hang or acceptance
     assert report["still_serving_after_probe"]
     too_small = dict(report["probe"])["4x4 image"]
     assert "too small to register" in too_small
+    text = "\n".join(load._lines(report))
+    assert "requests" in text and "p99" in text and "server temporary folder" in text
+
+
+def test_the_mix_names_endpoints_and_weights():
+    load = _load_module()
+    assert load.parse_mix("register=5,deform=2") == {"register": 5.0, "deform": 2.0}
+    assert load.parse_mix("register") == {"register": 1.0}
+    for bad in ("bogus=1", "register=-1", "register=0", ""):
+        with pytest.raises(ValueError):
+            load.parse_mix(bad)
