@@ -25,7 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from webapp import build_demo, launch_options  # after the environment is set
+from webapp.process import fixed_mmap_threshold
 
+# Memory stays flat under load: large buffers go back to the OS when freed (webapp/process.py).
+fixed_mmap_threshold()
 demo = build_demo()
 
 

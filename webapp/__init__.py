@@ -14,7 +14,7 @@ import gradio as gr
 
 from regcore.io import MAX_PIXELS
 
-from .common import CLEAN_EVERY_S, CPU_WORKERS, MAX_FILE_SIZE, OUTPUT_MAX_AGE_S, QUEUE_SIZE
+from .common import CLEAN_EVERY_S, CPU_WORKERS, MAX_FILE_SIZE, OUTPUT_MAX_AGE_S, QUEUE_SIZE, SESSIONS_KEPT
 from .compare_tab import build_compare_tab
 from .learn_tab import build_learn_tab
 from .register_tab import build_register_tab
@@ -48,4 +48,10 @@ def build_demo() -> gr.Blocks:
 
 def launch_options() -> dict:
     """What :meth:`gradio.Blocks.launch` is given besides host and port."""
-    return {"max_file_size": MAX_FILE_SIZE, "theme": gr.themes.Soft(), "footer_links": ["api", "gradio", "settings"], "show_error": True}
+    return {
+        "max_file_size": MAX_FILE_SIZE,
+        "theme": gr.themes.Soft(),
+        "footer_links": ["api", "gradio", "settings"],
+        "show_error": True,
+        "state_session_capacity": SESSIONS_KEPT,
+    }

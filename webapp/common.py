@@ -29,6 +29,7 @@ __all__ = [
     "OUTPUT_ROOT",
     "QUEUE_SIZE",
     "REQUEST_TIMEOUT_S",
+    "SESSIONS_KEPT",
     "TRAIN_TIMEOUT_S",
     "Budget",
     "UploadedImage",
@@ -64,6 +65,10 @@ TRAIN_TIMEOUT_S = 120.0
 #: ``CLEAN_EVERY_S`` seconds, what is older than ``OUTPUT_MAX_AGE_S`` is deleted.
 CLEAN_EVERY_S = 60
 OUTPUT_MAX_AGE_S = 300
+#: Sessions whose state Gradio keeps (least recently used dropped first). Each costs about 0.45 MB
+#: here (a copy of every component's configuration, and the Learn tab's pair), and Gradio's default
+#: of 10,000 would let a busy Space's visitors grow the process by gigabytes.
+SESSIONS_KEPT = 200
 #: Result folders live inside Gradio's cache folder: the files handed back are then served
 #: from where they were written (not copied again), and Gradio's own cleaning deletes them.
 OUTPUT_ROOT = Path(get_upload_folder()) / "regcore-results"
