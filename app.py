@@ -25,10 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from webapp import build_demo, launch_options  # after the environment is set
-from webapp.process import fixed_mmap_threshold
+from webapp.process import steady_memory
 
-# Memory stays flat under load: large buffers go back to the OS when freed (webapp/process.py).
-fixed_mmap_threshold()
 demo = build_demo()
 
 
@@ -39,6 +37,7 @@ def launch(host: str | None = None, port: int | None = None, **kwargs):
     """
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    steady_memory()  # flat under load: one malloc arena per core, freed heap pages given back (webapp/process.py)
     return demo.launch(server_name=host, server_port=port, **{**launch_options(), **kwargs})
 
 

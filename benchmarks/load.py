@@ -279,8 +279,8 @@ def _user(
     return stats
 
 
-def flat_blocks_pair(folder: Path, side: int = 4096, block: int = 64) -> tuple[Path, Path]:
-    """A ``side``² pair of flat gray blocks (the target shifted by (24, -16) px): tens of KB as PNG,
+def flat_blocks_pair(folder: Path, side: int = 4096, block: int = 32) -> tuple[Path, Path]:
+    """A ``side``² pair of flat gray blocks (the target shifted by (24, -16) px): ~40 KB as PNG,
     ``side``² pixels once decoded. The shape of a cheap upload that costs the server most."""
     import numpy as np
     from PIL import Image

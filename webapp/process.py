@@ -1,32 +1,65 @@
-"""Process-wide settings that keep a long-running app's memory flat (``app.py`` applies them at start).
+"""Process-wide settings that keep a long-running app's memory flat (``app.py`` applies them at launch).
 
 Measured with ``python -m benchmarks.load`` (8 users on ``/register``): the server's RSS kept
-growing after warm-up, while the Python objects it held did not (``tracemalloc``). The growth was
+growing after warm-up while the Python objects it held did not (``tracemalloc``). The growth was
 glibc's: after a large buffer (an image, a field) is freed, glibc raises its mmap threshold to that
-size, so later buffers of that size come from the heaps of the many worker threads' arenas, where
-freed space is fragmented and never returned. A fixed threshold (glibc's own default, 128 KiB)
-turns that adjustment off: large buffers are mapped and unmapped again. The load test's results
-(``benchmarks/results/``) show RSS with and without it.
+size, so later buffers up to that size come from the heaps of the worker threads' arenas (up to
+eight per core), where freed space is fragmented and kept. Fixing the threshold low would hand
+those buffers back, but every megabyte-sized tensor of an optimisation would then be mapped and
+faulted in afresh (a registration ran several times slower). Instead :func:`steady_memory` keeps
+as many arenas as there are cores and asks glibc every few seconds to give back the free pages of
+all its heaps (``malloc_trim``, milliseconds). The load test's results (``benchmarks/results/``)
+show the server's RSS after warm-up.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import threading
 
-__all__ = ["MMAP_THRESHOLD", "fixed_mmap_threshold"]
+__all__ = ["TRIM_EVERY_S", "steady_memory", "trim"]
 
-#: Buffers of at least this many bytes get memory of their own from the OS, returned when freed.
-MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+#: How often the free pages of the C heaps are given back to the OS.
+TRIM_EVERY_S = 5.0
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 
 
-def fixed_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes; False where the C library is not glibc."""
-    name = ctypes.util.find_library("c")
+def _glibc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # no C library found, or one without mallopt (musl, macOS)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc has both; musl and macOS do not)
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+def trim() -> bool:
+    """Give the free pages of every C heap back to the OS now; False where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    libc.malloc_trim(0)
+    return True
+
+
+def steady_memory(arenas: int | None = None, every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
+    """At most ``arenas`` malloc arenas (default: one per core), and :func:`trim` every ``every_s`` seconds
+    in a daemon thread (returned). None, and nothing changed, where the C library is not glibc.
+
+    Call it before the server's worker threads start: arenas already made stay.
+    """
+    libc = _glibc()
+    if libc is None:
+        return None
+    libc.mallopt(_M_ARENA_MAX, arenas or len(os.sched_getaffinity(0)))
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            libc.malloc_trim(0)
+
+    thread = threading.Thread(target=loop, name="regcore-malloc-trim", daemon=True)
+    thread.start()
+    return thread
