@@ -24,7 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # milliseconds alone can take seconds. Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from regcore.checkpoints import default_model_name
 from webapp import build_demo, launch_options  # after the environment is set
+from webapp.learn_tab import first_pair
 from webapp.process import steady_memory
 
 demo = build_demo()
@@ -38,6 +40,7 @@ def launch(host: str | None = None, port: int | None = None, **kwargs):
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     steady_memory()  # flat under load: one malloc arena per core, freed heap pages given back (webapp/process.py)
+    first_pair(default_model_name())  # the page-load pair, and the default model loaded, before the first visitor
     return demo.launch(server_name=host, server_port=port, **{**launch_options(), **kwargs})
 
 

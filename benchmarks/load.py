@@ -375,6 +375,10 @@ def _latency_figures(stats: list[Stats], elapsed: float) -> dict:
     for q in (50, 90, 95, 99):
         figures[f"latency_p{q}_s"] = round(_percentile(latencies, q), 2)
     figures["latency_max_s"] = round(max(latencies), 2) if latencies else float("nan")
+    if len(latencies) <= 20:  # a short run: every request, in the order they finished
+        figures["latencies_s"] = [
+            round(x, 2) for _, x in sorted((t, x) for st in stats for t, x in zip(st.finished_at, st.latencies, strict=True))
+        ]
     return figures
 
 
@@ -515,6 +519,7 @@ def _lines(report: dict) -> list[str]:
             f"{name:12} {e['requests']:8} {e['errors']:7} {e['bad_outputs']:4} {e['requests_per_s']:6.3f} "
             + " ".join(f"{e[k]:7}" for k in ("latency_p50_s", "latency_p90_s", "latency_p95_s", "latency_p99_s", "latency_max_s"))
         )
+    lines += [f"  {name} requests in order (s): {e['latencies_s']}" for name, e in r["endpoints"].items() if "latencies_s" in e]
     lines += [f"  error: {message}" for message in r["error_messages"]]
     lines.append(
         f"server RSS MiB: idle {r['rss_idle_mb']}, peak during warm-up (first {r['warmup_s']} s) {r['rss_peak_warmup_mb']}, "

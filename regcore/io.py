@@ -191,7 +191,7 @@ def _unit_range(arr: np.ndarray, name: str, notes: list[str]) -> np.ndarray:
     # estimate, NCC and polish epsilons) misfires. So values within 0..255 are 8-bit data (÷255)
     # and any other integer image is scaled by its actual range (below).
     if np.issubdtype(arr.dtype, np.integer) and int(arr.min()) >= 0 and int(arr.max()) <= 255:
-        return (arr / np.float32(255)).astype(np.float32)
+        return np.divide(arr, np.float32(255), dtype=np.float32)  # one pass, no float64 copy
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         raise ImageError(f"{name}: the image contains NaN or infinite values")

@@ -19,10 +19,22 @@ from regcore import viz
 from . import common, compute
 from .common import HEAVY, Budget, user_errors
 
-__all__ = ["LEARN_PHOTOS", "LEARN_SIZE", "STEP_TEXT", "build_learn_tab", "learn_deform", "learn_steps", "learn_train"]
+__all__ = [
+    "LEARN_PHOTOS",
+    "LEARN_SIZE",
+    "LEARN_START",
+    "STEP_TEXT",
+    "build_learn_tab",
+    "first_pair",
+    "learn_deform",
+    "learn_steps",
+    "learn_train",
+]
 
 LEARN_SIZE = 128
 LEARN_PHOTOS = ("camera", "astronaut", "coins", "moon", "brick", "text", "chelsea", "coffee")
+#: The deformation the tab starts with, shown on every page load: (photo, magnitude px, smoothness, seed).
+LEARN_START = ("camera", 6.0, 4.0, 0.0)
 
 STEP_TEXT = {
     1: "**1 · Network → field.** The UNet sees the source and the target stacked as two channels and outputs, for every "
@@ -65,11 +77,12 @@ def _first_pair_cached(photo: str, magnitude: float, smoothness: float, seed: fl
     return learn_deform(photo, magnitude, smoothness, seed, model)
 
 
-def first_pair(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
-    """What :func:`learn_deform` shows for the Learn tab's starting settings: computed once per model and
-    then kept, so that loading the page (which shows it) costs no worker and no CPU."""
+def first_pair(model: str | None):
+    """What :func:`learn_deform` shows for :data:`LEARN_START`: computed once per model and then kept, so
+    that loading the page (which shows it) costs no worker and no CPU. ``app.py`` computes it for the
+    default model before serving, which also loads that model (the first request then pays neither)."""
     with _first_pairs_lock:
-        return _first_pair_cached(photo, magnitude, smoothness, seed, model)
+        return _first_pair_cached(*LEARN_START, model)
 
 
 def learn_steps(pair: tuple | None, model: str | None):
@@ -134,10 +147,11 @@ def _deform_section():
         "the network has to find that field from the two images alone."
     )
     with gr.Row():
-        photo = gr.Dropdown(list(LEARN_PHOTOS), value="camera", label="Photograph")
-        magnitude = gr.Slider(0, 16, value=6, step=0.5, label="Magnitude (largest displacement, px)")
-        smoothness = gr.Slider(1, 10, value=4, step=1, label="Smoothness (1 wiggly … 10 one broad bend)")
-        seed = gr.Slider(0, 99, value=0, step=1, label="Seed")
+        start_photo, start_magnitude, start_smoothness, start_seed = LEARN_START
+        photo = gr.Dropdown(list(LEARN_PHOTOS), value=start_photo, label="Photograph")
+        magnitude = gr.Slider(0, 16, value=start_magnitude, step=0.5, label="Magnitude (largest displacement, px)")
+        smoothness = gr.Slider(1, 10, value=start_smoothness, step=1, label="Smoothness (1 wiggly … 10 one broad bend)")
+        seed = gr.Slider(0, 99, value=start_seed, step=1, label="Seed")
     button = gr.Button("Deform and recover", variant="primary", elem_id="deform-btn")
     with gr.Row():
         source = gr.Image(label="Source", format="png", interactive=False, height=220)
@@ -210,8 +224,7 @@ def build_learn_tab(app: gr.Blocks, model: gr.Dropdown) -> None:
     )
     # Every page load shows the starting pair: computed once and kept (first_pair), it needs no
     # worker, so loading the page never waits for, nor delays, the heavy requests in the queue.
-    start = functools.partial(first_pair, *(component.value for component in deform_inputs))
-    load_event = app.load(start, model, [*deform_outputs, pair], api_visibility="private", queue=False)
+    load_event = app.load(first_pair, model, [*deform_outputs, pair], api_visibility="private", queue=False)
     for event in (deform_event, load_event):
         event.then(lambda: [None] * len(step_outputs), None, step_outputs, api_visibility="private", queue=False)
     steps_btn.click(learn_steps, [pair, model], step_outputs, api_name="walkthrough", **HEAVY)
