@@ -37,20 +37,27 @@ from .warp import warp
 __all__ = [
     "LK_WIN",
     "NORM_WIN",
+    "PROPAGATE_DISTANCES",
     "RIDGE",
     "SCHEDULE",
     "SPREAD",
+    "Level",
     "downsample",
     "local_normalise",
     "lucas_kanade_step",
     "polish",
+    "propagate",
     "resample_flow",
 ]
 
 #: Side (pixels) of the least-squares window of the Lucas–Kanade step.
 LK_WIN = 7
 #: Side (pixels) of the window over which each image is normalised to zero mean and unit std.
-NORM_WIN = 11
+NORM_WIN = 7
+#: ``eps`` of :func:`local_normalise` (intensity², images in [0, 1]): the variance below which a
+#: window's contrast is no longer stretched to unit std (faint texture still counts; noise in
+#: truly flat windows stays small).
+NORM_EPS = 1e-5
 #: Ridge weight, relative to the image's mean squared gradient: how much texture a window needs
 #: before it moves.
 RIDGE = 0.01
@@ -59,10 +66,27 @@ RIDGE = 0.01
 SPREAD = 2.0
 #: The wide neighbourhood is averaged on a grid this many times coarser than the level.
 SPREAD_FACTOR = 4
-#: :func:`polish`'s default pyramid: ``(factor, steps)`` from coarse to fine.
-SCHEDULE: tuple[tuple[int, int], ...] = ((8, 6), (4, 6), (2, 6), (1, 6))
-#: ``eps`` of :func:`local_normalise` (intensity², images in [0, 1]).
-NORM_EPS = 1e-4
+#: How far (level pixels) :func:`propagate` looks for a better neighbour, in 8 directions.
+PROPAGATE_DISTANCES = (4, 8, 16)
+#: Side (pixels) of the window over which :func:`propagate` compares how well displacements fit.
+PROPAGATE_WIN = 5
+#: A neighbour's displacement replaces a pixel's only if it fits at least this much (relative) better.
+PROPAGATE_MARGIN = 0.1
+
+
+class Level(NamedTuple):
+    """One level of :func:`polish`'s pyramid: the images averaged over ``factor × factor`` blocks,
+    ``steps`` Lucas–Kanade steps, then ``propagate`` rounds of :func:`propagate`."""
+
+    factor: int
+    steps: int
+    propagate: int = 0
+
+
+#: :func:`polish`'s default pyramid, coarse to fine.
+SCHEDULE: tuple[Level, ...] = (Level(8, 6), Level(4, 6), Level(2, 6), Level(1, 6))
+
+_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
 
 
 def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -> Tensor:
@@ -71,7 +95,7 @@ def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -
     ``eps`` (intensity², images in [0, 1]) bounds the gain in flat windows, so noise there stays small.
     """
     mean, mean_sq = box_mean(torch.cat((image, image * image), dim=1), win).split(1, dim=1)
-    return (image - mean) / (mean_sq - mean * mean).clamp_min(0.0).add(eps).sqrt()
+    return (image - mean) * (mean_sq - mean * mean).clamp_min(0.0).add(eps).rsqrt()
 
 
 def _gradients(image: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,14 +117,14 @@ def _reference(target: Tensor, norm_win: int) -> _Reference:
     return _Reference(image, *_gradients(image))
 
 
-def _average(update: Tensor, confidence: Tensor, win: int, spread: float) -> Tensor:
-    """Each pixel's update ``(N, 2, H, W)``: the windows' answers around it, weighted by ``confidence``
-    ``(N, 1, H, W)``, over ``win × win`` neighbours plus, weighted by ``spread``, a wide neighbourhood."""
-    weighted = torch.cat((update * confidence, confidence), dim=1)
+def _average(weighted: Tensor, win: int, spread: float) -> Tensor:
+    """``weighted`` ``(N, 3, H, W)`` = (update · confidence, confidence) of every window -> each pixel's
+    update ``(N, 2, H, W)``: the windows' answers around it averaged by confidence, over ``win × win``
+    neighbours plus, weighted by ``spread``, a wide neighbourhood."""
     total = box_mean(weighted, win)
     if spread > 0:
         coarse = box_mean(F.avg_pool2d(weighted, SPREAD_FACTOR, ceil_mode=True), 5)
-        total = total + spread * F.interpolate(coarse, size=tuple(update.shape[-2:]), mode="bilinear", align_corners=False)
+        total = total + spread * F.interpolate(coarse, size=tuple(weighted.shape[-2:]), mode="bilinear", align_corners=False)
     return total[:, :2] / total[:, 2:]
 
 
@@ -111,17 +135,20 @@ def _step(
     wy, wx = _gradients(warped)
     gy, gx = 0.5 * (wy + reference.dy), 0.5 * (wx + reference.dx)
     residual = reference.image - warped
-    a, b, c, p, q = box_mean(torch.cat((gx * gx, gx * gy, gy * gy, gx * residual, gy * residual), dim=1), win).split(1, dim=1)
+    g = torch.cat((gx, gy), dim=1)
+    # Per window: a = Σgx², b = Σgx·gy, c = Σgy², p = Σgx·r, q = Σgy·r.
+    a, b, c, p, q = box_mean(torch.cat((gx * g, gy * gy, g * residual), dim=1), win).split(1, dim=1)
     # The floor keeps a pair of flat images (no gradient anywhere) at a zero update instead of 0 / 0.
-    damping = ridge * (gx * gx + gy * gy).mean(dim=(-3, -2, -1), keepdim=True) + 1e-6
+    damping = ridge * (a + c).mean(dim=(-3, -2, -1), keepdim=True) / 2 + 1e-6
     a, c = a + damping, c + damping
     det = a * c - b * b
-    # The 2x2 normal equations [[a, b], [b, c]] (dx, dy) = (p, q), solved in closed form.
-    update = torch.cat(((a * q - b * p) / det, (c * p - b * q) / det), dim=1)
+    # The 2x2 normal equations [[a, b], [b, c]] (dx, dy) = (p, q) in closed form: (dy, dx) = (aq - bp, cp - bq) / det.
     if not smooth:
-        return flow + update
-    # det / trace is about the smaller eigenvalue: how well the window pins the motion down.
-    return flow + _average(update, det / (a + c), win, spread)
+        return flow + torch.cat((a * q - b * p, c * p - b * q), dim=1) / det
+    # Confidence det / trace is about the smaller eigenvalue: how well the window pins the motion
+    # down; update × confidence = (aq - bp, cp - bq) / trace.
+    trace = a + c
+    return flow + _average(torch.cat((a * q - b * p, c * p - b * q, det), dim=1) / trace, win, spread)
 
 
 def lucas_kanade_step(
@@ -167,11 +194,56 @@ def resample_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * scale
 
 
+def propagate(
+    source: Tensor,
+    target: Tensor,
+    flow: Tensor,
+    rounds: int = 1,
+    distances: Sequence[int] = PROPAGATE_DISTANCES,
+    win: int = PROPAGATE_WIN,
+    norm_win: int = NORM_WIN,
+    margin: float = PROPAGATE_MARGIN,
+) -> Tensor:
+    """Let each pixel take a neighbour's displacement where it explains the pixel's surroundings better.
+
+    Windowed least squares and the averaging of :func:`lucas_kanade_step` blur the field across
+    motion boundaries (an object moving over a background): pixels near the boundary get a mix of
+    both motions. Here every pixel compares, over a ``win × win`` window of the locally normalised
+    images, its own displacement with those of the pixels ``distances`` away in 8 directions, and
+    takes the best one if it fits at least ``margin`` (relatively) better: displacements spread
+    from inside each region back to its border (PatchMatch's propagation, all pixels at once).
+
+    Args:
+        source, target: ``(1, 1, H, W)`` images in [0, 1].
+        flow: ``(1, 2, H, W)`` field in pixels.
+        rounds: how many times to repeat (each round can move a displacement one more hop).
+
+    Returns:
+        ``(1, 2, H, W)`` field in pixels.
+    """
+    source_n, target_n = local_normalise(source, norm_win), local_normalise(target, norm_win)
+    h, w = flow.shape[-2:]
+    reach = max(distances)
+    offsets = [(dy * d, dx * d) for d in distances for dy, dx in _DIRECTIONS]
+    for _ in range(rounds):
+        best_cost = box_mean((warp(source_n, flow) - target_n).abs(), win) * (1 - margin)
+        best = flow
+        padded = F.pad(flow, (reach, reach, reach, reach), mode="replicate")
+        for dy, dx in offsets:
+            candidate = padded[..., reach + dy : reach + dy + h, reach + dx : reach + dx + w]
+            cost = box_mean((warp(source_n, candidate) - target_n).abs(), win)
+            better = cost < best_cost
+            best_cost = torch.where(better, cost, best_cost)
+            best = torch.where(better, candidate, best)
+        flow = best
+    return flow
+
+
 def polish(
     source: Tensor,
     target: Tensor,
     flow: Tensor | None,
-    schedule: Sequence[tuple[int, int]] = SCHEDULE,
+    schedule: Sequence[Level | tuple[int, ...]] = SCHEDULE,
     win: int = LK_WIN,
     norm_win: int = NORM_WIN,
     ridge: float = RIDGE,
@@ -184,24 +256,28 @@ def polish(
         flow: ``(N, 2, H, W)`` starting field in pixels, or None to start from zero. (A field of
             another size is taken as one on a block-averaged level of the images, and resampled
             to each level.)
-        schedule: ``(factor, steps)`` per level, coarse to fine: ``steps`` Lucas–Kanade steps on
-            the images averaged over ``factor × factor`` blocks. Levels smaller than ``win``
-            pixels are skipped.
+        schedule: the pyramid's :class:`Level` s, coarse to fine (``(factor, steps[, propagate])``):
+            ``steps`` Lucas–Kanade steps on the images averaged over ``factor × factor`` blocks,
+            then ``propagate`` rounds of :func:`propagate` (batch size 1 only). Levels smaller
+            than ``win`` pixels are skipped.
         win, norm_win, ridge, spread: as in :func:`lucas_kanade_step`.
 
     Returns:
         ``(N, 2, H, W)`` field in pixels at the images' size.
     """
     size = tuple(source.shape[-2:])
-    for factor, steps in schedule:
+    for factor, steps, *rest in schedule:
+        rounds = rest[0] if rest else 0
         src, tgt = downsample(source, factor), downsample(target, factor)
         level = tuple(src.shape[-2:])
-        if min(level) < win or steps == 0:
+        if min(level) < win or steps + rounds == 0:
             continue
         flow = torch.zeros((source.shape[0], 2, *level), device=source.device) if flow is None else resample_flow(flow, level)
         reference = _reference(tgt, norm_win)
         for _ in range(steps):
             flow = _step(src, reference, flow, win, norm_win, ridge, True, spread)
+        if rounds:
+            flow = propagate(src, tgt, flow, rounds, norm_win=norm_win)
     if flow is None:
         return torch.zeros((source.shape[0], 2, *size), device=source.device)
     return resample_flow(flow, size)

@@ -9,7 +9,7 @@ from regcore.data import load_photo, photo_pairs
 from regcore.errors import RegcoreError
 from regcore.losses import box_mean
 from regcore.metrics import endpoint_error
-from regcore.polish import downsample, local_normalise, lucas_kanade_step, polish, resample_flow
+from regcore.polish import NORM_EPS, downsample, local_normalise, lucas_kanade_step, polish, propagate, resample_flow
 from regcore.warp import warp
 
 
@@ -47,10 +47,10 @@ def test_local_normalise_standardises_each_window_and_ignores_gain_and_offset():
     image = torch.from_numpy(load_photo("camera", 64))[None, None]
     out = local_normalise(image, win=11)
     window = image[0, 0, 27:38, 27:38].double()  # the 11 x 11 window around pixel (32, 32)
-    expected = (image[0, 0, 32, 32] - window.mean()) / (window.var(unbiased=False) + 1e-4).sqrt()
+    expected = (image[0, 0, 32, 32] - window.mean()) / (window.var(unbiased=False) + NORM_EPS).sqrt()
     assert float(out[0, 0, 32, 32]) == pytest.approx(float(expected), rel=1e-4)
     mean, mean_sq = box_mean(torch.cat((image, image * image), dim=1), 11).split(1, dim=1)
-    textured = mean_sq - mean * mean > 0.01  # local std > 0.1, where eps = 1e-4 is negligible even at half the gain
+    textured = mean_sq - mean * mean > 0.01  # local std > 0.1, where eps is negligible even at half the gain
     assert textured.float().mean() > 0.1
     torch.testing.assert_close(local_normalise(0.5 * image + 0.3, win=11)[textured], out[textured], atol=0.03, rtol=0.03)
 
@@ -97,3 +97,31 @@ def test_fields_move_between_levels_as_block_averages_place_pixels():
     fine = torch.stack((0.05 * rows + 1.0, -0.03 * cols))[None]
     coarse = downsample(fine, 4) / 4  # the same motion, in the coarse level's pixels
     torch.testing.assert_close(resample_flow(coarse, (64, 64))[..., 4:-4, 4:-4], fine[..., 4:-4, 4:-4], atol=1e-4, rtol=0)
+
+
+def test_propagation_gives_a_pixel_the_motion_of_its_own_region():
+    """An object moved against a still background, and a field that blurs the two motions across the
+    object's border: propagation takes the error near the border down (an object pixel borrows the
+    displacement of an object pixel further in), and leaves the true field as it is wherever it
+    explains the images."""
+    size = 96
+    background = torch.from_numpy(load_photo("brick", size))[None, None]
+    texture = torch.from_numpy(load_photo("camera", size))[None, None]
+    rows, cols = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
+    inside = (((rows - 48) ** 2 + (cols - 48) ** 2) < 20**2).float()[None, None]  # the object in the target
+    shift = torch.zeros(1, 2, size, size)
+    shift[:, 1] = 6.0
+    true = shift * inside  # the object moved 6 px to the left; the background did not move
+    source = torch.where(warp(inside, -shift) > 0.5, texture, background)  # the object where it was
+    target = torch.where(inside > 0.5, warp(texture, shift), background)
+    blurred = box_mean(true, 9)  # a field as windowed least squares leaves it: the motions mixed at the border
+    sharp = propagate(source, target, blurred, rounds=2, distances=(3, 6))
+    band = (inside > 0.5) & (box_mean(inside, 9) < 0.99)  # object pixels near its border
+    error = lambda flow: float((flow - true).norm(dim=1, keepdim=True)[band].mean())  # noqa: E731
+    assert error(sharp) < 0.5 * error(blurred)
+    # The true field stays, except where the background the object uncovered cannot be matched at all.
+    residual = warp(local_normalise(source), true) - local_normalise(target)
+    unmatched = box_mean(residual.abs(), 5) > 1e-3
+    kept = propagate(source, target, true, rounds=1)
+    assert torch.equal(kept.masked_fill(unmatched, 0), true.masked_fill(unmatched, 0))
+    assert unmatched.float().mean() < 0.25  # a band along the border, not the whole image
