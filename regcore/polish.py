@@ -72,6 +72,10 @@ PROPAGATE_DISTANCES = (4, 8, 16)
 PROPAGATE_WIN = 5
 #: A neighbour's displacement replaces a pixel's only if it fits at least this much (relative) better.
 PROPAGATE_MARGIN = 0.1
+#: ... and only where the pixel's own displacement fits worse than this: the mean absolute
+#: difference of the locally normalised images (unit std) over the window; about 0.1-0.3 where a
+#: displacement is right, about 1 where it is wrong. Well-fitted smooth regions are left alone.
+PROPAGATE_ABOVE = 0.0
 
 
 class Level(NamedTuple):
@@ -203,6 +207,7 @@ def propagate(
     win: int = PROPAGATE_WIN,
     norm_win: int = NORM_WIN,
     margin: float = PROPAGATE_MARGIN,
+    above: float = PROPAGATE_ABOVE,
 ) -> Tensor:
     """Let each pixel take a neighbour's displacement where it explains the pixel's surroundings better.
 
@@ -226,7 +231,8 @@ def propagate(
     reach = max(distances)
     offsets = [(dy * d, dx * d) for d in distances for dy, dx in _DIRECTIONS]
     for _ in range(rounds):
-        best_cost = box_mean((warp(source_n, flow) - target_n).abs(), win) * (1 - margin)
+        own = box_mean((warp(source_n, flow) - target_n).abs(), win)
+        best_cost = torch.where(own > above, own * (1 - margin), 0.0)
         best = flow
         padded = F.pad(flow, (reach, reach, reach, reach), mode="replicate")
         for dy, dx in offsets:
