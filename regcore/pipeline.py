@@ -447,6 +447,6 @@ METHODS: dict[str, Method] = {
     "farneback": _classical_method("Farnebäck (OpenCV)", "OpenCV's Farnebäck optical flow, OpenCV's typical parameters", farneback_flow),
 }
 #: The method ``register()`` runs when none is given and a checkpoint is available ...
-DEFAULT_METHOD = "net+refine"
+DEFAULT_METHOD = "net"
 #: ... and when none is (it needs no network).
 FALLBACK_METHOD = "optimize"

@@ -36,6 +36,7 @@ from .warp import warp
 
 __all__ = [
     "LK_WIN",
+    "MIN_LEVEL",
     "NORM_WIN",
     "PROPAGATE_DISTANCES",
     "RIDGE",
@@ -63,7 +64,7 @@ NORM_EPS = 1e-5
 RIDGE = 0.01
 #: Weight of the wide neighbourhood in the averaging of the windows' answers (0: the ``win × win``
 #: neighbours only).
-SPREAD = 2.0
+SPREAD = 1.0
 #: The wide neighbourhood is averaged on a grid this many times coarser than the level.
 SPREAD_FACTOR = 4
 #: How far (level pixels) :func:`propagate` looks for a better neighbour, in 8 directions.
@@ -87,8 +88,13 @@ class Level(NamedTuple):
     propagate: int = 0
 
 
-#: :func:`polish`'s default pyramid, coarse to fine.
-SCHEDULE: tuple[Level, ...] = (Level(8, 6), Level(4, 6), Level(2, 6), Level(1, 6))
+#: :func:`polish`'s default pyramid, coarse to fine: down to 16 px blocks, so that a motion of 15% of
+#: the side is a couple of pixels on the coarsest level; levels under :data:`MIN_LEVEL` are skipped.
+SCHEDULE: tuple[Level, ...] = (Level(16, 4), Level(8, 4), Level(4, 4), Level(2, 4), Level(1, 3))
+#: Levels whose shorter side is under this (px) are skipped: too little image is left to say
+#: anything (a periodic texture such as brick aliases there), and the network has already given
+#: the coarse motion.
+MIN_LEVEL = 16
 
 _DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
 
@@ -264,8 +270,8 @@ def polish(
             to each level.)
         schedule: the pyramid's :class:`Level` s, coarse to fine (``(factor, steps[, propagate])``):
             ``steps`` Lucas–Kanade steps on the images averaged over ``factor × factor`` blocks,
-            then ``propagate`` rounds of :func:`propagate` (batch size 1 only). Levels smaller
-            than ``win`` pixels are skipped.
+            then ``propagate`` rounds of :func:`propagate` (batch size 1 only). Levels whose
+            shorter side is under ``MIN_LEVEL`` pixels are skipped.
         win, norm_win, ridge, spread: as in :func:`lucas_kanade_step`.
 
     Returns:
@@ -276,7 +282,7 @@ def polish(
         rounds = rest[0] if rest else 0
         src, tgt = downsample(source, factor), downsample(target, factor)
         level = tuple(src.shape[-2:])
-        if min(level) < win or steps + rounds == 0:
+        if min(level) < min(MIN_LEVEL, min(size)) or steps + rounds == 0:
             continue
         flow = torch.zeros((source.shape[0], 2, *level), device=source.device) if flow is None else resample_flow(flow, level)
         reference = _reference(tgt, norm_win)

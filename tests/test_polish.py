@@ -63,7 +63,7 @@ def test_register_net_is_polished_by_default_and_better_for_it(size):
         source, target, true = pairs.source[i, 0].numpy(), pairs.target[i, 0].numpy(), pairs.flow[i].numpy()
         polished.append(endpoint_error(regcore.register(source, target, method="net").flow, true, size // 10))
         raw.append(endpoint_error(regcore.register(source, target, method="net", polish=False).flow, true, size // 10))
-    assert np.mean(polished) < 0.5 * np.mean(raw)
+    assert np.mean(polished) < 0.7 * np.mean(raw)
 
 
 def test_polish_must_be_a_bool(photo):
