@@ -38,7 +38,6 @@ __all__ = [
     "LK_WIN",
     "MIN_LEVEL",
     "NORM_WIN",
-    "PROPAGATE_DISTANCES",
     "RIDGE",
     "SCHEDULE",
     "SPREAD",
@@ -47,7 +46,6 @@ __all__ = [
     "local_normalise",
     "lucas_kanade_step",
     "polish",
-    "propagate",
     "resample_flow",
 ]
 
@@ -67,25 +65,13 @@ RIDGE = 0.01
 SPREAD = 1.0
 #: The wide neighbourhood is averaged on a grid this many times coarser than the level.
 SPREAD_FACTOR = 4
-#: How far (level pixels) :func:`propagate` looks for a better neighbour, in 8 directions.
-PROPAGATE_DISTANCES = (4, 8, 16)
-#: Side (pixels) of the window over which :func:`propagate` compares how well displacements fit.
-PROPAGATE_WIN = 5
-#: A neighbour's displacement replaces a pixel's only if it fits at least this much (relative) better.
-PROPAGATE_MARGIN = 0.1
-#: ... and only where the pixel's own displacement fits worse than this: the mean absolute
-#: difference of the locally normalised images (unit std) over the window; about 0.1-0.3 where a
-#: displacement is right, about 1 where it is wrong. Well-fitted smooth regions are left alone.
-PROPAGATE_ABOVE = 0.0
 
 
 class Level(NamedTuple):
-    """One level of :func:`polish`'s pyramid: the images averaged over ``factor × factor`` blocks,
-    ``steps`` Lucas–Kanade steps, then ``propagate`` rounds of :func:`propagate`."""
+    """One level of :func:`polish`'s pyramid: ``steps`` Lucas–Kanade steps on the images averaged over ``factor × factor`` blocks."""
 
     factor: int
     steps: int
-    propagate: int = 0
 
 
 #: :func:`polish`'s default pyramid, coarse to fine: down to 16 px blocks, so that a motion of 15% of
@@ -95,8 +81,6 @@ SCHEDULE: tuple[Level, ...] = (Level(16, 4), Level(8, 4), Level(4, 4), Level(2, 
 #: anything (a periodic texture such as brick aliases there), and the network has already given
 #: the coarse motion.
 MIN_LEVEL = 16
-
-_DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
 
 
 def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -> Tensor:
@@ -204,58 +188,11 @@ def resample_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * scale
 
 
-def propagate(
-    source: Tensor,
-    target: Tensor,
-    flow: Tensor,
-    rounds: int = 1,
-    distances: Sequence[int] = PROPAGATE_DISTANCES,
-    win: int = PROPAGATE_WIN,
-    norm_win: int = NORM_WIN,
-    margin: float = PROPAGATE_MARGIN,
-    above: float = PROPAGATE_ABOVE,
-) -> Tensor:
-    """Let each pixel take a neighbour's displacement where it explains the pixel's surroundings better.
-
-    Windowed least squares and the averaging of :func:`lucas_kanade_step` blur the field across
-    motion boundaries (an object moving over a background): pixels near the boundary get a mix of
-    both motions. Here every pixel compares, over a ``win × win`` window of the locally normalised
-    images, its own displacement with those of the pixels ``distances`` away in 8 directions, and
-    takes the best one if it fits at least ``margin`` (relatively) better: displacements spread
-    from inside each region back to its border (PatchMatch's propagation, all pixels at once).
-
-    Args:
-        source, target: ``(1, 1, H, W)`` images in [0, 1].
-        flow: ``(1, 2, H, W)`` field in pixels.
-        rounds: how many times to repeat (each round can move a displacement one more hop).
-
-    Returns:
-        ``(1, 2, H, W)`` field in pixels.
-    """
-    source_n, target_n = local_normalise(source, norm_win), local_normalise(target, norm_win)
-    h, w = flow.shape[-2:]
-    reach = max(distances)
-    offsets = [(dy * d, dx * d) for d in distances for dy, dx in _DIRECTIONS]
-    for _ in range(rounds):
-        own = box_mean((warp(source_n, flow) - target_n).abs(), win)
-        best_cost = torch.where(own > above, own * (1 - margin), 0.0)
-        best = flow
-        padded = F.pad(flow, (reach, reach, reach, reach), mode="replicate")
-        for dy, dx in offsets:
-            candidate = padded[..., reach + dy : reach + dy + h, reach + dx : reach + dx + w]
-            cost = box_mean((warp(source_n, candidate) - target_n).abs(), win)
-            better = cost < best_cost
-            best_cost = torch.where(better, cost, best_cost)
-            best = torch.where(better, candidate, best)
-        flow = best
-    return flow
-
-
 def polish(
     source: Tensor,
     target: Tensor,
     flow: Tensor | None,
-    schedule: Sequence[Level | tuple[int, ...]] = SCHEDULE,
+    schedule: Sequence[Level | tuple[int, int]] = SCHEDULE,
     win: int = LK_WIN,
     norm_win: int = NORM_WIN,
     ridge: float = RIDGE,
@@ -268,28 +205,24 @@ def polish(
         flow: ``(N, 2, H, W)`` starting field in pixels, or None to start from zero. (A field of
             another size is taken as one on a block-averaged level of the images, and resampled
             to each level.)
-        schedule: the pyramid's :class:`Level` s, coarse to fine (``(factor, steps[, propagate])``):
-            ``steps`` Lucas–Kanade steps on the images averaged over ``factor × factor`` blocks,
-            then ``propagate`` rounds of :func:`propagate` (batch size 1 only). Levels whose
-            shorter side is under ``MIN_LEVEL`` pixels are skipped.
+        schedule: the pyramid's :class:`Level` s, coarse to fine (``(factor, steps)``): ``steps``
+            Lucas–Kanade steps on the images averaged over ``factor × factor`` blocks. Levels
+            whose shorter side is under ``MIN_LEVEL`` pixels are skipped.
         win, norm_win, ridge, spread: as in :func:`lucas_kanade_step`.
 
     Returns:
         ``(N, 2, H, W)`` field in pixels at the images' size.
     """
     size = tuple(source.shape[-2:])
-    for factor, steps, *rest in schedule:
-        rounds = rest[0] if rest else 0
+    for factor, steps in schedule:
         src, tgt = downsample(source, factor), downsample(target, factor)
         level = tuple(src.shape[-2:])
-        if min(level) < min(MIN_LEVEL, min(size)) or steps + rounds == 0:
+        if min(level) < min(MIN_LEVEL, min(size)) or steps == 0:
             continue
         flow = torch.zeros((source.shape[0], 2, *level), device=source.device) if flow is None else resample_flow(flow, level)
         reference = _reference(tgt, norm_win)
         for _ in range(steps):
             flow = _step(src, reference, flow, win, norm_win, ridge, True, spread)
-        if rounds:
-            flow = propagate(src, tgt, flow, rounds, norm_win=norm_win)
     if flow is None:
         return torch.zeros((source.shape[0], 2, *size), device=source.device)
     return resample_flow(flow, size)

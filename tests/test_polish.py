@@ -9,7 +9,7 @@ from regcore.data import load_photo, photo_pairs
 from regcore.errors import RegcoreError
 from regcore.losses import box_mean
 from regcore.metrics import endpoint_error
-from regcore.polish import NORM_EPS, downsample, local_normalise, lucas_kanade_step, polish, propagate, resample_flow
+from regcore.polish import NORM_EPS, downsample, local_normalise, lucas_kanade_step, polish, resample_flow
 from regcore.warp import warp
 
 
@@ -97,31 +97,3 @@ def test_fields_move_between_levels_as_block_averages_place_pixels():
     fine = torch.stack((0.05 * rows + 1.0, -0.03 * cols))[None]
     coarse = downsample(fine, 4) / 4  # the same motion, in the coarse level's pixels
     torch.testing.assert_close(resample_flow(coarse, (64, 64))[..., 4:-4, 4:-4], fine[..., 4:-4, 4:-4], atol=1e-4, rtol=0)
-
-
-def test_propagation_gives_a_pixel_the_motion_of_its_own_region():
-    """An object moved against a still background, and a field that blurs the two motions across the
-    object's border: propagation takes the error near the border down (an object pixel borrows the
-    displacement of an object pixel further in), and leaves the true field as it is wherever it
-    explains the images."""
-    size = 96
-    background = torch.from_numpy(load_photo("brick", size))[None, None]
-    texture = torch.from_numpy(load_photo("camera", size))[None, None]
-    rows, cols = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
-    inside = (((rows - 48) ** 2 + (cols - 48) ** 2) < 20**2).float()[None, None]  # the object in the target
-    shift = torch.zeros(1, 2, size, size)
-    shift[:, 1] = 6.0
-    true = shift * inside  # the object moved 6 px to the left; the background did not move
-    source = torch.where(warp(inside, -shift) > 0.5, texture, background)  # the object where it was
-    target = torch.where(inside > 0.5, warp(texture, shift), background)
-    blurred = box_mean(true, 9)  # a field as windowed least squares leaves it: the motions mixed at the border
-    sharp = propagate(source, target, blurred, rounds=2, distances=(3, 6))
-    band = (inside > 0.5) & (box_mean(inside, 9) < 0.99)  # object pixels near its border
-    error = lambda flow: float((flow - true).norm(dim=1, keepdim=True)[band].mean())  # noqa: E731
-    assert error(sharp) < 0.5 * error(blurred)
-    # The true field stays, except where the background the object uncovered cannot be matched at all.
-    residual = warp(local_normalise(source), true) - local_normalise(target)
-    unmatched = box_mean(residual.abs(), 5) > 1e-3
-    kept = propagate(source, target, true, rounds=1)
-    assert torch.equal(kept.masked_fill(unmatched, 0), true.masked_fill(unmatched, 0))
-    assert unmatched.float().mean() < 0.25  # a band along the border, not the whole image
