@@ -1,4 +1,4 @@
-"""Command line: ``python -m regcore register SOURCE TARGET --out DIR`` (and ``warp``, ``models``).
+"""Command line: ``python -m regcore register SOURCE TARGET --out DIR`` (and ``register-many``, ``warp``, ``models``).
 
 Bad input exits with status 2 and one readable line on stderr (no traceback).
 """
@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     _registration_options(r)
     r.add_argument("--source-labels", default=None, help="the source's label map (integer PNG/TIFF or a medical format): warped too")
     r.add_argument("--target-labels", default=None, help="the target's label map: Dice per label before and after in metrics.json")
+    m = sub.add_parser(
+        "register-many",
+        help="register every pair of a CSV (columns source,target[,source_labels,target_labels]) into OUT/<row>/; write OUT/summary.csv",
+        description="Rows already done are skipped; a bad row is reported in summary.csv. Under torchrun, rows are sharded across ranks.",
+    )
+    m.add_argument("pairs", type=Path, help="CSV with a header; relative paths are relative to its folder")
+    m.add_argument("--out", required=True, type=Path, help="output folder: one folder per row, and summary.csv")
+    m.add_argument("--batch-size", type=int, default=8, help="pairs registered together (batched network passes; default 8)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _registration_options(m)
     w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels); write OUT")
     w.add_argument("image")
     w.add_argument("flow", type=Path)
@@ -83,6 +93,19 @@ def _register(args: argparse.Namespace) -> None:
     in_mm = f" ({shift['mean_mm']:.3f} / {shift['max_mm']:.3f} mm)" if "mean_mm" in shift else ""
     print(f"displacement mean / max {shift['mean_px']:.3f} / {shift['max_px']:.3f} px{in_mm}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _register_many(args: argparse.Namespace) -> None:
+    from .many import register_many
+
+    report = register_many(args.pairs, args.out, batch_size=args.batch_size, progress=not args.no_progress, **_options(args))
+    if report.rank == 0:  # the other ranks of a torchrun job stay quiet
+        print(
+            f"registered {report.registered} pairs in {report.elapsed_s:.2f} s ({report.pairs_per_s:.2f} pairs/s,"
+            f" {report.processes} process{'es' if report.processes > 1 else ''}); {report.skipped} already done;"
+            f" {report.failed} failed" + (" (see summary.csv)" if report.failed else "")
+        )
+        print(f"wrote {report.summary}")
 
 
 def _warp(args: argparse.Namespace) -> None:
@@ -123,7 +146,7 @@ def _models(_: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"register": _register, "warp": _warp, "models": _models}[args.command](args)
+        {"register": _register, "register-many": _register_many, "warp": _warp, "models": _models}[args.command](args)
     except RegcoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
