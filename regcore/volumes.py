@@ -240,7 +240,7 @@ class _Reader:
             index[self.axes[axis]], size[self.axes[axis]] = at, 0
             kept = [a for a in range(3) if a != axis]
             dims = "x".join(map(str, self.size))
-            note = f"{self.label}: a 3-D volume ({dims} voxels, x*y*z); slice {slicing.axis}={at} of 0..{depth - 1} was used"
+            note = f"{self.label}: a 3-D volume of {dims} voxels (x, y, z); slice {slicing.axis}={at} of 0..{depth - 1} was used"
         cols, rows = (self.size[a] for a in kept)
         if rows * cols > max_pixels:
             raise ImageError(f"{self.label}: {cols}x{rows} is larger than the limit of {max_pixels:,} pixels")
