@@ -9,14 +9,15 @@ error of a row that failed.
 
 - **Bad rows are skipped, never fatal**: a missing or unreadable file, a label map of the wrong
   size (anything that fails for one row) is reported in ``summary.csv`` and the other rows go on.
-- **Resuming**: a row whose folder holds a ``metrics.json`` for the same input files (and slice)
-  is done and skipped, so re-running after an interruption, or after adding rows, registers only
+- **Resuming**: a row whose folder holds a ``metrics.json`` for the same input files (and slice),
+  method and model is done and skipped, so re-running after an interruption, or after adding rows, registers only
   what is missing. ``metrics.json`` is written last and renamed into place, so a folder with one
   is complete. Rows that failed are tried again.
 - **Batched network passes**: rows are read ``batch_size`` at a time; when the method starts from
   the network (``net``, ``net+refine``), the pairs of a batch that have the same working size go
   through the network in one batched pass, and the rest of each method (polish, optimisation) runs
-  per pair. Each pair's ``time_s`` includes its share of the batched pass.
+  per pair. Each pair's ``time_s`` includes its share of the batched pass. On a CPU this neither
+  helps nor hurts measurably (``python -m benchmarks.many``: ``benchmarks/results/many.md``).
 - **Several processes or machines**: under ``torchrun`` (``WORLD_SIZE`` > 1) the pending rows are
   sharded across the ranks with ``torch.distributed`` (gloo backend, CPU): rank 0 lists the rows
   still to do and broadcasts the list, rank ``r`` takes rows ``r, r + W, r + 2W, ...`` of it (as
@@ -127,14 +128,16 @@ def read_pairs(path: str | os.PathLike) -> list[Row]:
     return rows
 
 
-def _done(folder: Path, row: Row, slicing: Slicing) -> bool:
-    """Whether ``folder`` holds a complete result for ``row``'s files (and ``slicing``, for medical files)."""
+def _done(folder: Path, row: Row, slicing: Slicing, choice: Choice) -> bool:
+    """Whether ``folder`` holds a complete result for ``row``'s files (and ``slicing``, for medical
+    files) by the method and model of ``choice``."""
     try:
-        inputs = json.loads((folder / "metrics.json").read_text())["inputs"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        inputs, method, model = metrics["inputs"], metrics["method"], metrics["model"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     expected = row.expected_inputs() | ({"slice": str(slicing)} if isinstance(inputs, dict) and "slice" in inputs else {})
-    return inputs == expected
+    return inputs == expected and (method, model) == (choice.method, choice.model)
 
 
 def _summary_line(row: Row, metrics: dict | None, status: str, error: str = "") -> dict[str, object]:
@@ -286,7 +289,7 @@ def register_many(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RegcoreError(f"cannot create {out}: {err.strerror or err}") from None
-        pending = [row.number for row in rows if not _done(out / str(row.number), row, slicing)] if rank == 0 else []
+        pending = [row.number for row in rows if not _done(out / str(row.number), row, slicing, choice)] if rank == 0 else []
         if world > 1:  # one list for all ranks: a rank still scanning must not see another's new results
             box = [pending]
             dist.broadcast_object_list(box, src=0)

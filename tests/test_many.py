@@ -118,7 +118,7 @@ def test_a_bad_row_is_reported_and_the_rest_complete_then_a_rerun_retries_it(tmp
     assert [line["status"] for line in _summary(tmp_path / "out")][:3] == ["done earlier", "registered", "done earlier"]
 
 
-def test_a_row_whose_files_changed_is_registered_again(tmp_path):
+def test_a_row_whose_files_or_method_changed_is_registered_again(tmp_path):
     for i in range(2):
         _pair(tmp_path, i)
     pairs = _csv(tmp_path / "pairs.csv", [{"source": "s0.png", "target": "t0.png"}])
@@ -126,7 +126,11 @@ def test_a_row_whose_files_changed_is_registered_again(tmp_path):
     _csv(pairs, [{"source": "s1.png", "target": "t1.png"}])
     report = register_many(pairs, tmp_path / "out", method="net", progress=False)
     assert report.registered == 1
-    assert json.loads((tmp_path / "out" / "1" / "metrics.json").read_text())["inputs"]["source"] == str(tmp_path / "s1.png")
+    metrics = tmp_path / "out" / "1" / "metrics.json"
+    assert json.loads(metrics.read_text())["inputs"]["source"] == str(tmp_path / "s1.png")
+    assert register_many(pairs, tmp_path / "out", method="dis-fast", progress=False).registered == 1
+    assert json.loads(metrics.read_text())["method"] == "dis-fast"
+    assert register_many(pairs, tmp_path / "out", method="dis-fast", progress=False).registered == 0
 
 
 def test_batched_network_passes_give_the_fields_of_single_passes(tmp_path):
