@@ -18,7 +18,7 @@ import numpy as np
 import regcore
 from regcore import viz
 from regcore.pipeline import DEFAULT_METHOD, DEFAULT_REFINE_STEPS, FALLBACK_METHOD, METHODS
-from regcore.volumes import AXES, Slicing, scan_info
+from regcore.volumes import AXES, Slicing, medical_format, scan_info
 
 from .common import REQUEST_TIMEOUT_S, UploadedImage, fast_png, output_dir, round_sig, user_errors
 
@@ -174,8 +174,8 @@ def show_scans(source_scan: str | None, target_scan: str | None, axis: str = "z"
     slice selector: shown when a scan is a 3-D volume, its range that volume's depth along ``axis``,
     its value ``index`` (the middle when None or out of range)."""
     scans = [scan for scan in (source_scan, target_scan) if scan]
-    with user_errors():
-        volumes = [info for info in (scan_info(scan, "scan") for scan in scans) if info.is_volume]
+    with user_errors():  # a picture (PNG ...) in a scan input is a 2-D image too
+        volumes = [info for info in (scan_info(scan, "scan") for scan in scans if medical_format(scan)) if info.is_volume]
     depth = volumes[0].size[AXES.index(axis)] if volumes else 1
     at = depth // 2 if index is None or not 0 <= int(index) < depth else int(index)
     previews = []
