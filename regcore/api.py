@@ -29,10 +29,10 @@ from .metrics import displacement_stats, image_scores, jacobian_determinant, jac
 from .pipeline import DEFAULT_OPTIMIZE_STEPS as DEFAULT_OPTIMIZE_STEPS
 from .pipeline import DEFAULT_REFINE_STEPS as DEFAULT_REFINE_STEPS
 from .pipeline import DEFAULT_REG_WEIGHT, NET_MAX_SIDE, Choice, Options, Progress, Work, choose_method, load_pair, prepare, to_source_grid
-from .pipeline import HALF_NET_FROM as HALF_NET_FROM
 from .pipeline import INVERTED_BELOW as INVERTED_BELOW
 from .pipeline import METHODS as METHODS
 from .pipeline import MIN_SIDE as MIN_SIDE
+from .pipeline import NET_SIDE as NET_SIDE
 from .pipeline import POLARITIES as POLARITIES
 from .pipeline import PRESMOOTH_MODES as PRESMOOTH_MODES
 from .pipeline import REFINE_LEVELS as REFINE_LEVELS
@@ -265,13 +265,14 @@ def register(
         source, target: numpy arrays, PIL images, file paths or file bytes (see
             :func:`regcore.io.load_image`). The target is resampled to the source's size when
             they differ, and the result is in the source's pixel grid.
-        method: a name in :data:`regcore.METHODS`: ``"net"`` (one network pass + a Lucas–Kanade
-            polish, see ``polish``), ``"net+refine"`` (the network's field, then ``refine_steps``
-            of per-pair optimisation), ``"optimize"`` (optimisation only, multi-resolution, no
-            network), or a classical optical flow: ``"tvl1"``, ``"ilk"`` (scikit-image),
-            ``"dis"``, ``"dis-fast"``, ``"dis-fine"``, ``"farneback"`` (OpenCV;
-            :mod:`regcore.classical`). Default: ``"net+refine"`` when a checkpoint is
-            available, else ``"optimize"`` (and a note says so).
+        method: a name in :data:`regcore.METHODS`: ``"net"`` (one network pass at about
+            ``NET_SIDE`` px, then a Lucas–Kanade pyramid up to full resolution, see ``polish``),
+            ``"net+refine"`` (the network's field, then ``refine_steps`` of per-pair Adam
+            optimisation), ``"optimize"`` (optimisation only, multi-resolution, no network), or a
+            classical optical flow: ``"tvl1"``, ``"ilk"`` (scikit-image), ``"dis"``,
+            ``"dis-fast"``, ``"dis-fine"``, ``"farneback"`` (OpenCV; :mod:`regcore.classical`).
+            Default: ``DEFAULT_METHOD`` when a checkpoint is available, else ``"optimize"`` (and
+            a note says so).
         model: a checkpoint folder, shipped checkpoint name or Hub repo id; default the shipped
             local-NCC model. Used by the network methods only.
         refine_steps: optimisation steps per pyramid level (``"net+refine"``: up to
@@ -299,11 +300,10 @@ def register(
             window (``SMOOTH_WIN``), which keeps the field from fitting the noise (a note says
             so); clean images are compared as they are. ``"on"`` / ``"off"``: always / never.
             ``warped`` and the scores always use the images as given.
-        polish: ``"net"`` only: follow the network's pass with a Lucas–Kanade step on locally
-            normalised images (:mod:`regcore.polish`), which corrects the network where the
-            images are most textured; from ``HALF_NET_FROM`` px on, the network runs at half
-            resolution and two steps follow. False: the network's field as it is, at full
-            resolution.
+        polish: ``"net"`` only: refine the network's field by Lucas–Kanade steps on locally
+            normalised images over a pyramid up to full resolution (:func:`regcore.polish.polish`),
+            which corrects the network where the images are textured and catches what it missed.
+            False: the network's field as it is (resampled to the images' size).
         source_labels, target_labels: label maps (segmentations) of the source and the target,
             anything :func:`regcore.io.load_labels` reads, each of its image's size. The source's
             is warped with the field (``result.warped_labels``); with both, ``result.dice``
