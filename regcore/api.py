@@ -1,7 +1,9 @@
 """``register(source, target)``: the one call most users need, and what it returns.
 
 ``register()`` runs the pipeline of :mod:`regcore.pipeline` (prepare -> initial field ->
-refinement -> result); the methods it can run are :data:`regcore.pipeline.METHODS`.
+refinement -> result); the methods it can run are :data:`regcore.pipeline.METHODS`. Its first and
+last steps are :func:`load_inputs` (images, label maps, spacing) and :func:`finish` (the result),
+which :mod:`regcore.many` shares when it registers many pairs with batched network passes.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torch import Tensor
 
-from .io import ImageLike, save_image
-from .metrics import image_scores, jacobian_determinant, jacobian_stats
+from .errors import RegcoreError
+from .io import ImageLike, input_label, load_labels, save_image
+from .labels import check_labels, label_overlap, resize_labels, warp_labels
+from .metrics import displacement_stats, image_scores, jacobian_determinant, jacobian_stats
 
 # The pipeline's constants are importable from here too, where they were first defined.
 from .pipeline import DEFAULT_OPTIMIZE_STEPS as DEFAULT_OPTIMIZE_STEPS
 from .pipeline import DEFAULT_REFINE_STEPS as DEFAULT_REFINE_STEPS
-from .pipeline import DEFAULT_REG_WEIGHT, NET_MAX_SIDE, Options, Progress, choose_method, load_pair, prepare, to_source_grid
+from .pipeline import DEFAULT_REG_WEIGHT, NET_MAX_SIDE, Choice, Options, Progress, Work, choose_method, load_pair, prepare, to_source_grid
 from .pipeline import INVERTED_BELOW as INVERTED_BELOW
 from .pipeline import METHODS as METHODS
 from .pipeline import MIN_SIDE as MIN_SIDE
@@ -30,8 +36,9 @@ from .pipeline import NET_SIDE as NET_SIDE
 from .pipeline import POLARITIES as POLARITIES
 from .pipeline import PRESMOOTH_MODES as PRESMOOTH_MODES
 from .pipeline import REFINE_LEVELS as REFINE_LEVELS
+from .volumes import Slicing, medical_format, pixel_spacing
 
-__all__ = ["RegistrationResult", "register"]
+__all__ = ["Inputs", "RegistrationResult", "finish", "load_inputs", "register"]
 
 
 @dataclass
@@ -51,6 +58,12 @@ class RegistrationResult:
             ``local_ncc``; ``after`` adds ``folding_percent`` and ``jacobian_min``. Computed on
             first use and then kept: scoring costs about as much as a network pass, and a caller
             that only wants the field should not pay for it.
+        spacing: millimetres per pixel ``(rows, columns)`` of the source's grid when its file
+            records it (medical formats), else None.
+        source_labels, target_labels: ``int32`` ``(H, W)`` label maps when given (the target's on
+            the source's grid), else None; ``warped_labels`` is the source's, warped.
+        inputs: the files registered (``source``, ``target``, ``source_labels``,
+            ``target_labels``, as given) and ``slice`` when a medical file was read.
     """
 
     flow: np.ndarray
@@ -61,6 +74,10 @@ class RegistrationResult:
     model: str | None
     time_s: float
     notes: list[str] = field(default_factory=list)
+    spacing: tuple[float, float] | None = None
+    source_labels: np.ndarray | None = None
+    target_labels: np.ndarray | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def before(self) -> dict[str, float]:
@@ -91,27 +108,134 @@ class RegistrationResult:
         """``(H, W)`` Jacobian determinant of ``p -> p + flow(p)`` (≤ 0 where it folds)."""
         return jacobian_determinant(self.flow)
 
+    @cached_property
+    def displacement(self) -> dict[str, float]:
+        """The field's summary: mean and largest displacement in pixels, and in mm when ``spacing`` is known."""
+        return displacement_stats(self.flow, self.spacing)
+
+    @cached_property
+    def warped_labels(self) -> np.ndarray | None:
+        """The source's label map warped by ``flow`` (nearest neighbour, :mod:`regcore.labels`), or None."""
+        return None if self.source_labels is None else warp_labels(self.source_labels, self.flow)
+
+    @cached_property
+    def dice(self) -> dict | None:
+        """Dice per label and mean (:func:`regcore.labels.label_overlap`) of the source's labels
+        (``before``) and the warped ones (``after``) against the target's; None without both maps."""
+        if self.source_labels is None or self.target_labels is None:
+            return None
+        target = self.target_labels
+        return {"before": label_overlap(self.source_labels, target), "after": label_overlap(self.warped_labels, target)}
+
     def metrics(self) -> dict:
-        """JSON-ready summary: method, model, shape, before/after scores, time and notes."""
+        """JSON-ready summary: method, model, shape, spacing, before/after scores, the field's
+        displacement, Dice (with label maps), time, notes and the input files."""
         return {
             "method": self.method,
             "model": self.model,
             "shape": list(self.flow.shape[1:]),
+            "spacing_mm": None if self.spacing is None else list(self.spacing),
             "before": self.before,
             "after": self.after,
+            "displacement": self.displacement,
+            "dice": self.dice,
             "time_s": self.time_s,
             "notes": self.notes,
+            "inputs": self.inputs,
         }
 
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write ``warped.png``, ``flow.npy`` and ``metrics.json`` into ``out_dir`` (created if needed)."""
+        """Write ``warped.png``, ``flow.npy``, ``warped_labels.png`` (with source labels; 8- or
+        16-bit, the label values themselves) and, last, ``metrics.json`` into ``out_dir`` (created
+        if needed). ``metrics.json`` is written last and whole (renamed into place), so its
+        presence means the folder is complete."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"warped": out / "warped.png", "flow": out / "flow.npy", "metrics": out / "metrics.json"}
+        paths = {"warped": out / "warped.png", "flow": out / "flow.npy"}
         save_image(paths["warped"], self.warped)
         np.save(paths["flow"], self.flow.astype(np.float32))
-        paths["metrics"].write_text(json.dumps(self.metrics(), indent=2) + "\n")
+        if self.warped_labels is not None:
+            paths["warped_labels"] = out / "warped_labels.png"
+            dtype = np.uint8 if self.warped_labels.max(initial=0) <= 255 else np.uint16
+            Image.fromarray(self.warped_labels.astype(dtype)).save(paths["warped_labels"])
+        paths["metrics"] = out / "metrics.json"
+        partial = out / "metrics.json.part"
+        partial.write_text(json.dumps(self.metrics(), indent=2) + "\n")
+        partial.replace(paths["metrics"])
         return paths
+
+
+@dataclass
+class Inputs:
+    """What :func:`load_inputs` read: the images ``(H, W)`` float32 in [0, 1], the source's pixel
+    spacing (mm, or None), the label maps as ``int32`` (the target's on the source's grid, or
+    None), and the input files' names for ``metrics.json``."""
+
+    source: np.ndarray
+    target: np.ndarray
+    spacing: tuple[float, float] | None
+    source_labels: np.ndarray | None
+    target_labels: np.ndarray | None
+    names: dict[str, str]
+
+
+def load_inputs(
+    source: ImageLike,
+    target: ImageLike,
+    source_labels: ImageLike | None,
+    target_labels: ImageLike | None,
+    slicing: Slicing,
+    notes: list[str],
+) -> Inputs:
+    """Step 1 of :func:`register`: read and check the pair and its label maps.
+
+    Each label map must have its image's size (a clear ImageError otherwise); the target's is
+    resampled with the target (nearest neighbour) to the source's grid. Target labels without
+    source labels are refused (there is nothing to compare them with).
+    """
+    src, tgt = load_pair(source, target, notes, slicing)
+    spacing = pixel_spacing(source, slicing, "source")
+    target_spacing = pixel_spacing(target, slicing, "target")
+    if spacing and target_spacing and not np.allclose(spacing, target_spacing, rtol=0.01):
+        sizes = " and ".join(f"{rows:.4g}x{cols:.4g}" for rows, cols in (spacing, target_spacing))
+        notes.append(f"source and target pixel spacings differ ({sizes} mm): regcore registers pixel grids; millimetres are the source's")
+    if target_labels is not None and source_labels is None:
+        raise RegcoreError("target labels were given without source labels: give both (Dice), or source labels alone (to warp them)")
+    maps = []
+    for given, role, image in ((source_labels, "source", src), (target_labels, "target", tgt)):
+        labels = None if given is None else load_labels(given, f"{role} labels", notes=notes, slicing=slicing)
+        if labels is not None:
+            check_labels(labels, image.shape, input_label(given, f"{role} labels"), role)
+        maps.append(labels)
+    given = {"source": source, "target": target, "source_labels": source_labels, "target_labels": target_labels}
+    names = {key: os.fspath(value) for key, value in given.items() if isinstance(value, (str, os.PathLike))}
+    if any(medical_format(value) for value in given.values()):
+        names["slice"] = str(slicing)
+    target_on_source = None if maps[1] is None else resize_labels(maps[1], src.shape)
+    return Inputs(src, tgt, spacing, maps[0], target_on_source, names)
+
+
+def finish(inputs: Inputs, work: Work, choice: Choice, flow: Tensor | None, start: float, shared_s: float = 0.0) -> RegistrationResult:
+    """Last step of :func:`register`: the field on the source's grid, the warped source, the result.
+
+    ``time_s`` is the time since ``start`` plus ``shared_s`` (a share of work done for several
+    pairs at once, such as a batched network pass).
+    """
+    flow, warped = to_source_grid(work, flow)
+    return RegistrationResult(
+        flow=flow[0].cpu().numpy().astype(np.float32),
+        warped=warped[0, 0].cpu().numpy().astype(np.float32),
+        source=inputs.source,
+        target=work.full_target[0, 0].cpu().numpy().astype(np.float32),
+        method=choice.method,
+        model=choice.model,
+        time_s=time.perf_counter() - start + shared_s,
+        notes=work.notes,
+        spacing=inputs.spacing,
+        source_labels=inputs.source_labels,
+        target_labels=inputs.target_labels,
+        inputs=inputs.names,
+    )
 
 
 def register(
@@ -130,6 +254,10 @@ def register(
     polarity: str = "auto",
     presmooth: str = "auto",
     polish: bool = True,
+    source_labels: ImageLike | None = None,
+    target_labels: ImageLike | None = None,
+    slice_axis: str = "z",
+    slice_index: int | None = None,
 ) -> RegistrationResult:
     """Register ``source`` to ``target``: find ``flow`` with ``warp(source, flow) ≈ target``.
 
@@ -176,6 +304,15 @@ def register(
             normalised images over a pyramid up to full resolution (:func:`regcore.polish.polish`),
             which corrects the network where the images are textured and catches what it missed.
             False: the network's field as it is (resampled to the images' size).
+        source_labels, target_labels: label maps (segmentations) of the source and the target,
+            anything :func:`regcore.io.load_labels` reads, each of its image's size. The source's
+            is warped with the field (``result.warped_labels``); with both, ``result.dice``
+            holds Dice per label and its mean, before and after. Source labels alone are warped
+            only (e.g. to carry an atlas' segmentation onto the target).
+        slice_axis, slice_index: for 3-D medical volumes (NIfTI, DICOM, MetaImage, NRRD; images
+            and label maps alike), the 2-D slice registered: the voxel axis ``"x"``, ``"y"`` or
+            ``"z"`` it is perpendicular to and its index (default: the middle slice). Ignored for
+            2-D images. See :mod:`regcore.volumes`.
 
     Raises:
         ImageError: an input is not a usable image (unreadable, NaN, larger than
@@ -187,22 +324,12 @@ def register(
         method, model, refine_steps, similarity, reg_weight, device, max_side, progress, timeout_s, polarity, presmooth, polish
     )
     notes: list[str] = []
-    src, tgt = load_pair(source, target, notes)  # 1. prepare: read and check,
+    slicing = Slicing(slice_axis, slice_index)
+    inputs = load_inputs(source, target, source_labels, target_labels, slicing, notes)  # 1. prepare: read and check,
     choice = choose_method(options, notes)  # pick the method and load its network,
     start = time.perf_counter()
-    work = prepare(src, tgt, options, choice, notes, start)  # make the working pair
+    work = prepare(inputs.source, inputs.target, options, choice, notes, start)  # make the working pair
     strategy = METHODS[choice.method]
     flow = strategy.start(work)  # 2. initial field (None: zero)
     flow = strategy.refine(work, flow)  # 3. refinement
-    flow, warped = to_source_grid(work, flow)  # 4. result, in the source's grid
-    elapsed = time.perf_counter() - start
-    return RegistrationResult(
-        flow=flow[0].cpu().numpy().astype(np.float32),
-        warped=warped[0, 0].cpu().numpy().astype(np.float32),
-        source=src,
-        target=work.full_target[0, 0].cpu().numpy().astype(np.float32),
-        method=choice.method,
-        model=choice.model,
-        time_s=elapsed,
-        notes=notes,
-    )
+    return finish(inputs, work, choice, flow, start)  # 4. result, in the source's grid

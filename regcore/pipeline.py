@@ -44,6 +44,7 @@ from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_imag
 from .optimize import optimize_flow, pyramid_levels
 from .polish import downsample, resample_flow
 from .polish import polish as polish_flow
+from .volumes import Slicing
 from .warp import resize_flow, warp
 
 __all__ = [
@@ -177,9 +178,10 @@ def _device(device: str | torch.device) -> torch.device:
         raise RegcoreError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'") from None
 
 
-def load_pair(source: ImageLike, target: ImageLike, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Both images as ``(H, W)`` float32 in [0, 1] (:func:`regcore.io.load_image`), each side at least ``MIN_SIDE`` px."""
-    images = load_image(source, "source", notes=notes), load_image(target, "target", notes=notes)
+def load_pair(source: ImageLike, target: ImageLike, notes: list[str], slicing: Slicing | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as ``(H, W)`` float32 in [0, 1] (:func:`regcore.io.load_image`; ``slicing``: the slice
+    of a 3-D medical volume), each side at least ``MIN_SIDE`` px."""
+    images = load_image(source, "source", notes=notes, slicing=slicing), load_image(target, "target", notes=notes, slicing=slicing)
     for image, given, role in zip(images, (source, target), ("source", "target"), strict=True):
         if min(image.shape) < MIN_SIDE:
             size = f"{image.shape[1]}x{image.shape[0]}"
