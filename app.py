@@ -6,8 +6,9 @@ pictures in :mod:`regcore.viz`); this file sets the process up, builds the app a
 Run ``python app.py`` (http://127.0.0.1:7860); ``--host`` / ``--port`` or the environment
 variables ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` change where it listens. Importing this
 module builds ``demo`` without launching it (tests and Hugging Face Spaces use that).
-API: ``/register`` takes (source, target, method, model, refine_steps) and returns the warped
-image first; also ``/deform``, ``/walkthrough``, ``/train``, ``/compare``; see the "Use via API"
+API: ``/register`` takes (source, target, method, model, refine_steps, source_labels,
+target_labels, source_scan, target_scan, slice_axis, slice_index) and returns the warped image
+first; also ``/deform``, ``/walkthrough``, ``/train``, ``/compare``; see the "Use via API"
 link at the bottom of the page.
 """
 

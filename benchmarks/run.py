@@ -1,20 +1,30 @@
 """Benchmark regcore against classical registration: accuracy, speed and scaling.
 
     python -m benchmarks.run                      # full accuracy benchmark, shipped checkpoints
-    python -m benchmarks.run --quick              # < 2 min on 2 cores: a few small pairs, small scaling
+    python -m benchmarks.run --quick              # ~1 min on 2 cores: a few small pairs (CI)
+    python -m benchmarks.run --tuning             # every set on tuning images and seeds -> benchmarks/results/tuning/
+    python -m benchmarks.run --tuning --sets photo256-large --methods dis-fine 'ncc:net'
     python -m benchmarks.run --model runs/x       # a checkpoint folder instead (repeatable)
     python -m benchmarks.run --scaling            # also time vs size (64² .. 1024²) and batch throughput
     python -m benchmarks.run --only-scaling       # only that
     python -m benchmarks.run --sets photo256 --methods tvl1 ncc:net --pairs 4
     python -m benchmarks.run --sets photo128 photo256:6 labels128:4   # NAME:PAIRS caps one set
+    python -m benchmarks.run --threads 1          # one thread for every method (default: each library's own)
 
 Run from the repository's top folder, with regcore installed (``pip install -r requirements-bench.txt``
 installs it in editable mode).
 
-Writes to --out (default benchmarks/results/): results.md (one table per set), results.csv,
-pairs.csv (every pair), accuracy_vs_time.png, and with scaling scaling.md/.csv/.png and
-throughput.csv. Classical methods whose package is missing are skipped with a message
-(pip install -r requirements-bench.txt). The reusable parts are benchmarks/suite.py and
+Writes to --out (default benchmarks/results/, or benchmarks/results/tuning/ with --tuning):
+results.md (issue 13's bar, then one table per set), results.csv, pairs.csv (every pair),
+accuracy_vs_time.png, and with scaling scaling.md/.csv/.png and throughput.csv.
+
+--tuning builds the same sets (same names) from scikit-image images the benchmark never uses,
+with other seeds (benchmarks/sets.py: TUNING_NAMES, tuning_sets), so methods can be tuned
+without seeing a benchmark pair; the stereo set has no tuning counterpart and is left out.
+Every method runs at its library's default thread count unless --threads N is given.
+
+Classical methods whose package is missing are skipped with a message (pip install -r
+requirements-bench.txt). The reusable parts are benchmarks/sets.py, benchmarks/suite.py and
 benchmarks/speedups.py. Paths in the written files are relative to the repository.
 """
 
@@ -30,6 +40,7 @@ from pathlib import Path
 
 from regcore import available_models
 
+from . import sets as eval_sets
 from . import speedups, suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,17 +49,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few small pairs, no slow methods, small scaling (CI)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="output folder (default benchmarks/results/)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default benchmarks/results/, with --tuning benchmarks/results/tuning/)"
+    )
+    p.add_argument("--tuning", action="store_true", help="build every set on tuning images with other seeds (never the benchmark's pairs)")
     p.add_argument(
         "--model", action="append", default=None, help="checkpoint folder or shipped name (repeatable); default: every shipped one"
     )
     p.add_argument(
-        "--sets", nargs="+", default=None, help=f"evaluation sets, NAME or NAME:PAIRS (default all: {' '.join(suite.EVAL_SETS)})"
+        "--sets", nargs="+", default=None, help=f"evaluation sets, NAME or NAME:PAIRS (default all: {' '.join(eval_sets.EVAL_SETS)})"
     )
     p.add_argument("--pairs", type=int, default=None, help="at most this many pairs per set")
     p.add_argument("--methods", nargs="+", default=None, help="method names or glob patterns to keep (e.g. tvl1 '*:net' demons)")
     p.add_argument("--refine-steps", type=int, nargs="+", default=[10, 30, 100], help="net+refine step counts (default 10 30 100)")
-    p.add_argument("--threads", type=int, default=1, help="threads for every method (torch, SimpleITK); 0 = library defaults")
+    p.add_argument(
+        "--threads", type=int, default=0, help="threads for every method (torch, OpenCV, SimpleITK); 0 (default) = each library's default"
+    )
     p.add_argument("--scaling", action="store_true", help="also run the scaling benchmark")
     p.add_argument("--only-scaling", action="store_true", help="run only the scaling benchmark")
     p.add_argument("--speedups", action="store_true", help="profile the network path and time inference variants (speedups.md)")
@@ -96,30 +112,44 @@ def _speedups(out: Path, model: str, header: str, threads: int) -> None:
     print((out / "speedups.md").read_text())
 
 
+def _sets(args: argparse.Namespace) -> dict[str, eval_sets.EvalSet] | str:
+    """The sets to run (``--quick``, ``--sets NAME[:PAIRS]``, ``--tuning``), or why the request is refused."""
+    known = {**eval_sets.EVAL_SETS, **eval_sets.QUICK_SETS}
+    chosen = eval_sets.QUICK_SETS if args.quick else eval_sets.EVAL_SETS
+    if args.tuning:
+        known, chosen = eval_sets.tuning_sets(known), eval_sets.tuning_sets(chosen)
+    if not args.sets:
+        return dict(chosen)
+    counts = {name: int(n) for name, _, n in (s.partition(":") for s in args.sets) if n}
+    names = [s.partition(":")[0] for s in args.sets]
+    unknown = [s for s in names if s not in known]
+    if unknown:
+        tuning = " on tuning images (the stereo pair has no tuning counterpart)" if args.tuning else ""
+        return f"unknown set(s) {', '.join(unknown)}{tuning}; choose from {', '.join(known)}"
+    return {s: replace(known[s], count=min(counts[s], known[s].count)) if s in counts else known[s] for s in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     suite.set_threads(args.threads or None)
     models = _models(args)
-    out: Path = args.out
+    out: Path = args.out or ROOT / "benchmarks" / "results" / ("tuning" if args.tuning else "")
     if not models:
         print("no checkpoint shipped or given (--model): the network methods are skipped", flush=True)
     header = f"Machine: {suite.machine_description(args.threads or None)}. Models: " + (
         ", ".join(f"`{n}` ({shown(p)})" for n, p in models.items()) or "none"
     )
+    if args.tuning:
+        header += (
+            f"\n\n**Tuning run**: pairs from scikit-image images the benchmark never uses ({', '.join(eval_sets.TUNING_NAMES)} "
+            f"and seeded crops of them), seeds offset by {eval_sets.TUNING_SEED_OFFSET}. Not benchmark results."
+        )
     started = time.perf_counter()
     if not args.only_scaling:
-        sets = suite.QUICK_SETS if args.quick else suite.EVAL_SETS
-        if args.sets:
-            counts = {name: int(n) for name, _, n in (s.partition(":") for s in args.sets) if n}
-            args.sets = [s.partition(":")[0] for s in args.sets]
-            unknown = [s for s in args.sets if s not in suite.EVAL_SETS and s not in suite.QUICK_SETS]
-            if unknown:
-                print(
-                    f"unknown set(s) {', '.join(unknown)}; choose from {', '.join([*suite.EVAL_SETS, *suite.QUICK_SETS])}", file=sys.stderr
-                )
-                return 2
-            known = {**suite.EVAL_SETS, **suite.QUICK_SETS}
-            sets = {s: replace(known[s], count=min(counts[s], known[s].count)) if s in counts else known[s] for s in args.sets}
+        sets = _sets(args)
+        if isinstance(sets, str):
+            print(sets, file=sys.stderr)
+            return 2
         steps = [s for s in args.refine_steps if s <= 30] if args.quick else args.refine_steps
         methods = [
             suite.identity_method(),

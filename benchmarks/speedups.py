@@ -28,7 +28,7 @@ from regcore.api import register
 from regcore.checkpoints import load_model
 from regcore.inference import onnx_enabled, onnx_session, session_trunk
 
-from .suite import EvalSet, build_pairs
+from .sets import EvalSet, build_pairs
 
 __all__ = ["forward_variants", "profile_register", "register_before_after", "register_breakdown", "round_robin"]
 

@@ -2,23 +2,25 @@
 
 The reusable parts of ``python -m benchmarks.run`` (:mod:`benchmarks.run`):
 
-- :func:`build_pairs`: the fixed, seeded evaluation sets (:data:`EVAL_SETS`): real photographs
-  bundled with scikit-image (:func:`regcore.data.photo_pairs`, never used in training), some with
-  a contrast change or noise, and generated label-map images (:func:`regcore.data.make_batch`),
-  each deformed by a known smooth random field.
+- The evaluation sets are :mod:`benchmarks.sets` (:func:`~benchmarks.sets.build_pairs`): real
+  photographs bundled with scikit-image (never used in training) under smooth, large and layered
+  motion, some with a contrast change or noise, generated label-map images, and one real stereo
+  pair, each with its true field; pairs are deformed by SciPy's cubic spline, not by regcore.
 - Method adapters (:func:`classical_methods`, :func:`regcore_methods`): each returns a field in
   the project's convention, ``(2, H, W)`` float32 pixels, channel 0 rows, backward warp, so
   ``warp(source, flow) ≈ target``. Every method :func:`regcore.register` offers is called
-  through it, as a user would (the classical ones are :mod:`regcore.classical`); the peers used
-  only here (dipy SyN, SimpleITK demons) are adapted in this module, each conversion documented
-  on its adapter. ``tests/test_bench.py`` checks them all on a known translation and a known
-  smooth field.
-- Scoring (:func:`score`, :func:`summarise`) and output (:func:`write_outputs`: markdown table,
-  CSV and an accuracy-vs-time PNG).
+  through it, as a user would (the classical ones, OpenCV's DIS and Farnebäck among them, are
+  :mod:`regcore.classical`); the peers used only here (dipy SyN, SimpleITK demons) are adapted
+  in this module, each conversion documented on its adapter. ``tests/test_bench.py`` checks them
+  all on a known translation and a known smooth field.
+- Scoring (:func:`score`, :func:`summarise`) and output (:func:`write_outputs`: markdown tables,
+  the issue-13 :func:`bar_report`, CSV and an accuracy-vs-time PNG).
 - Scaling (:func:`scaling`): time per pair against image size, and network batch throughput.
 
-Every method is scored the same way: its field warps the source with :func:`regcore.warp.warp`
-and the result is compared with the target; the field is compared with the true one.
+Every method is scored the same way: its field is compared with the true one (EPE where the
+truth is known and the source point is inside the image, away from the border), it warps the
+source with :func:`regcore.warp.warp` for the image scores, and on label images it carries the
+source's label map for Dice.
 """
 
 from __future__ import annotations
@@ -38,24 +40,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regcore.api import DEFAULT_REFINE_STEPS, register
+from regcore import pipeline
+from regcore.api import register
 from regcore.checkpoints import load_model
-from regcore.data import PHOTO_NAMES, make_batch, photo_pairs
 from regcore.inference import network_flow
-from regcore.metrics import endpoint_error, folding_percent, image_scores, jacobian_determinant
+from regcore.metrics import dice, folding_percent, image_scores, jacobian_determinant
 from regcore.warp import warp
 
+from .sets import EvalSet, Pair, build_pairs, describe, warp_labels
+
 __all__ = [
-    "EVAL_SETS",
-    "QUICK_SETS",
-    "EvalSet",
     "Method",
-    "Pair",
     "available",
     "bar_report",
-    "build_pairs",
     "classical_methods",
+    "default_row",
+    "epe_mask",
     "identity_method",
+    "label_dice",
     "machine_description",
     "regcore_methods",
     "run_accuracy",
@@ -68,90 +70,6 @@ __all__ = [
 ]
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation sets
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """A seeded family of pairs.
-
-    Attributes:
-        kind: ``"photo"`` (scikit-image photographs) or ``"labels"`` (generated label maps).
-        size: side in pixels (square images).
-        max_disp: largest displacement of the random fields, pixels (each field's peak is drawn
-            in ``[0.2, 1] * max_disp``).
-        contrast: ``"none"``; photographs: ``"gamma"`` (target gamma 0.5 or 2) or ``"invert"``;
-            label images: ``"augment"`` (independent random bias field, gamma and noise on each
-            image, as in training).
-        noise: std of Gaussian noise added independently to source and target (0 = none).
-        seed: the generator seed; the same seed gives the same pairs.
-        count: pairs in the set (photographs: at most ``len(PHOTO_NAMES)``).
-    """
-
-    kind: str
-    size: int
-    max_disp: float
-    contrast: str = "none"
-    noise: float = 0.0
-    seed: int = 0
-    count: int = len(PHOTO_NAMES)
-
-
-#: The full benchmark's sets. Displacements ~6% of the side (8 px at 128², 12 px at 256²), as in issue 4's bar.
-EVAL_SETS: dict[str, EvalSet] = {
-    "photo128": EvalSet("photo", 128, 8.0, seed=1128),
-    "photo256": EvalSet("photo", 256, 12.0, seed=1256),
-    "photo128-gamma": EvalSet("photo", 128, 8.0, contrast="gamma", seed=2128),
-    "photo128-invert": EvalSet("photo", 128, 8.0, contrast="invert", seed=3128),
-    "photo128-noise": EvalSet("photo", 128, 8.0, noise=0.05, seed=4128),
-    "labels128": EvalSet("labels", 128, 8.0, seed=5128),
-    "labels128-augment": EvalSet("labels", 128, 8.0, contrast="augment", seed=6128),
-}
-
-#: ``--quick``: a few small pairs, no contrast change (where every real method must beat identity).
-QUICK_SETS: dict[str, EvalSet] = {
-    "photo96": EvalSet("photo", 96, 6.0, seed=1096, count=3),
-    "labels96": EvalSet("labels", 96, 6.0, seed=5096, count=2),
-}
-
-
-@dataclass
-class Pair:
-    """One evaluation pair: ``source``, ``target`` ``(H, W)`` float32 in [0, 1], ``flow`` ``(2, H, W)`` px, true field."""
-
-    name: str
-    source: np.ndarray
-    target: np.ndarray
-    flow: np.ndarray
-
-
-def build_pairs(spec: EvalSet, count: int | None = None) -> list[Pair]:
-    """The pairs of ``spec`` (the first ``count`` of them if given), identical on every call."""
-    n = min(spec.count if count is None else count, spec.count)
-    if spec.kind == "photo":
-        names = PHOTO_NAMES[:n]
-        batch = photo_pairs(spec.size, spec.max_disp, spec.seed, names, spec.contrast)
-    elif spec.kind == "labels":
-        if spec.contrast not in ("none", "augment"):
-            raise ValueError(f"label images take contrast 'none' or 'augment', got {spec.contrast!r}")
-        names = tuple(f"labels{i}" for i in range(n))
-        g = torch.Generator().manual_seed(spec.seed)
-        batch = make_batch(n, (spec.size, spec.size), spec.max_disp, g, kind="labels", contrast=spec.contrast == "augment")
-    else:
-        raise ValueError(f"unknown kind {spec.kind!r}")
-    source, target = batch.source[:, 0].numpy(), batch.target[:, 0].numpy()
-    if spec.noise > 0:
-        rng = np.random.default_rng(spec.seed)
-        source = source + rng.normal(0.0, spec.noise, source.shape)
-        target = target + rng.normal(0.0, spec.noise, target.shape)
-    source = np.clip(source, 0, 1).astype(np.float32)
-    target = np.clip(target, 0, 1).astype(np.float32)
-    flows = batch.flow.numpy().astype(np.float32)
-    return [Pair(name, source[i], target[i], flows[i]) for i, name in enumerate(names)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,14 +205,14 @@ def identity_method() -> Method:
 
 
 #: The classical methods of :func:`regcore.register` in the benchmark: (name, required module, description).
-#: ``"dis-fast"`` is left out: at the benchmark's sizes its finest scale (a quarter of the image)
-#: is too coarse for smooth fields (``tests/test_bench.py``'s convention check fails it on them).
+#: ``"dis-fine"`` is the peer of issue 13's bar (:func:`bar_report`).
 REGISTER_CLASSICAL = (
-    ("tvl1", "skimage", "scikit-image optical_flow_tvl1, default parameters"),
-    ("ilk", "skimage", "scikit-image optical_flow_ilk, radius 7"),
+    ("dis-fast", "cv2", "OpenCV DIS optical flow, FAST preset"),
     ("dis", "cv2", "OpenCV DIS optical flow, MEDIUM preset"),
     ("dis-fine", "cv2", "OpenCV DIS optical flow, MEDIUM preset, finest scale 0, 10 variational refinement iterations"),
     ("farneback", "cv2", "OpenCV Farnebäck optical flow, OpenCV's typical parameters (regcore.classical.FARNEBACK)"),
+    ("tvl1", "skimage", "scikit-image optical_flow_tvl1, default parameters"),
+    ("ilk", "skimage", "scikit-image optical_flow_ilk, radius 7"),
 )
 
 
@@ -327,17 +245,34 @@ def classical_methods() -> list[Method]:
     ]
 
 
+def default_row(model: str | None) -> str:
+    """The row name of :func:`regcore.register`'s default method with ``model``.
+
+    The method is :data:`regcore.pipeline.DEFAULT_METHOD`, read at each call. A network method's
+    row is ``"{model}:{method}"``, with its default step count appended when it takes steps
+    (``"ncc:net+refine30"``); a method without a network is its own row (``"optimize"``).
+    """
+    method = pipeline.DEFAULT_METHOD
+    spec = pipeline.METHODS[method]
+    if not spec.network:
+        return method
+    return f"{model}:{method}{'' if spec.default_steps is None else spec.default_steps}"
+
+
 def regcore_methods(
     models: dict[str, str | os.PathLike],
     refine_steps: Sequence[int] = (10, 30, 100),
     optimize: bool = True,
     optimize_steps: int | None = None,
 ) -> list[Method]:
-    """regcore's ``"net"`` and ``"net+refine"`` (one per step count) for each model, and ``"optimize"``.
+    """For each model, every network method of :data:`regcore.pipeline.METHODS`; then ``"optimize"``.
 
-    ``optimize_steps`` overrides the optimisation steps per pyramid level of ``"optimize"``.
-    Each is :func:`register_flow`, as for the classical methods (``net@half`` registers at half
-    the image's size instead).
+    Rows: ``{model}:{method}`` for a method without steps (for ``"net"`` also ``net-raw``,
+    ``polish=False``, and ``net@half``, registered at half the image's size); one
+    ``{model}:{method}{steps}`` per count in ``refine_steps`` for a method with steps, plus the
+    default count for register()'s default method (:func:`default_row`), so that row is always
+    measured. ``optimize_steps`` overrides the optimisation steps per pyramid level of
+    ``"optimize"``. Each is :func:`register_flow`, as for the classical methods.
     """
 
     def call(method: str, model: str | os.PathLike | None, steps: int | None, half: bool = False, polish: bool = True) -> FlowFn:
@@ -349,34 +284,42 @@ def regcore_methods(
 
         return fn
 
+    net_variants = (  # "net"'s extra rows: (row suffix, register() options, slow, what the description adds)
+        ("net-raw", {"polish": False}, False, ", polish=False): the network's field alone"),
+        ("net@half", {"half": True}, True, ", max_side=side // 2): the pair at half resolution, field upsampled (speed vs accuracy)"),
+    )
     methods = []
     for index, (name, path) in enumerate(models.items()):
-        net_variants = (  # (name suffix, register() options, slow, what the description adds)
-            ("net", {}, False, "): network + Lucas–Kanade polish"),
-            ("net-raw", {"polish": False}, False, ", polish=False): the network's field alone"),
-            ("net@half", {"half": True}, True, ", max_side=side // 2): the pair at half resolution, field upsampled (speed vs accuracy)"),
-        )
-        for suffix, options, slow, what in net_variants:
-            methods.append(
-                Method(
-                    f"{name}:{suffix}",
-                    call("net", path, None, **options),
-                    "regcore",
-                    slow=slow,
-                    description=f"register(method='net', model={name}{what}",
+        default = default_row(name) if index == 0 else None
+        for method, spec in pipeline.METHODS.items():
+            if not spec.network:
+                continue
+            if spec.default_steps is None:
+                rows = [(method, {}, False, f"): {spec.summary}"), *(net_variants if method == "net" else ())]
+                for suffix, options, slow, what in rows:
+                    row = f"{name}:{suffix}"
+                    methods.append(
+                        Method(
+                            row,
+                            call(method, path, None, **options),
+                            "regcore",
+                            slow=slow and row != default,
+                            description=f"register(method='{method}', model={name}{what}",
+                        )
+                    )
+                continue
+            counts = sorted({*refine_steps, *([spec.default_steps] if default == f"{name}:{method}{spec.default_steps}" else [])})
+            for steps in counts:
+                row = f"{name}:{method}{steps}"
+                methods.append(
+                    Method(
+                        row,
+                        call(method, path, steps),
+                        "regcore",
+                        slow=steps > 30 and row != default,
+                        description=f"register(method='{method}', refine_steps={steps}, model={name}): {spec.summary}",
+                    )
                 )
-            )
-        for steps in refine_steps:
-            default = " (register()'s default when this is the default model)" if steps == DEFAULT_REFINE_STEPS and index == 0 else ""
-            methods.append(
-                Method(
-                    f"{name}:net+refine{steps}",
-                    call("net+refine", path, steps),
-                    "regcore",
-                    slow=steps > 30,
-                    description=f"register(method='net+refine', refine_steps={steps}, model={name}){default}",
-                )
-            )
     if optimize:
         steps = f"refine_steps={optimize_steps}" if optimize_steps else "default steps"
         methods.append(
@@ -387,6 +330,10 @@ def regcore_methods(
                 description=f"register(method='optimize', {steps}): no network",
             )
         )
+    first = default_row(next(iter(models))) if models else None
+    for m in methods:
+        if m.name == first:
+            m.description += " (register()'s default)"
     return methods
 
 
@@ -395,18 +342,40 @@ def regcore_methods(
 # ---------------------------------------------------------------------------------------------
 
 
-def margin_for(size: int, fraction: float = 0.1) -> int:
-    """Border left out of the EPE: ``fraction`` of the side (content there may have left the image)."""
-    return round(fraction * size)
+#: Share of each side left out of the EPE at each border (content there may have left the image).
+MARGIN_FRACTION = 0.1
 
 
-def score(pair: Pair, flow: np.ndarray, margin_fraction: float = 0.1) -> dict[str, float]:
+def epe_mask(true_flow: np.ndarray, valid: np.ndarray | None = None, margin_fraction: float = MARGIN_FRACTION) -> np.ndarray:
+    """Where the endpoint error is scored: ``(H, W)`` bool.
+
+    The interior (``margin_fraction`` of each side left out at each border), where the true
+    source point ``p + true_flow(p)`` lies inside the image (large motion brings in content the
+    source does not show, which no method can know) and where ``valid`` (the truth is known).
+    """
+    h, w = true_flow.shape[1:]
+    my, mx = round(margin_fraction * h), round(margin_fraction * w)
+    mask = np.zeros((h, w), bool)
+    mask[my : h - my, mx : w - mx] = True
+    rows, cols = np.mgrid[0:h, 0:w]
+    y, x = rows + true_flow[0], cols + true_flow[1]
+    mask &= (y >= 0) & (y <= h - 1) & (x >= 0) & (x <= w - 1)
+    return mask if valid is None else mask & valid
+
+
+def label_dice(source_labels: np.ndarray, target_labels: np.ndarray, flow: np.ndarray) -> float:
+    """Mean Dice over the labels of ``target_labels`` of ``source_labels`` moved by ``flow`` (nearest neighbour)."""
+    moved = warp_labels(source_labels, flow)
+    return float(np.mean([dice(moved == label, target_labels == label) for label in np.unique(target_labels)]))
+
+
+def score(pair: Pair, flow: np.ndarray) -> dict[str, float]:
     """Scores of one estimated field on one pair.
 
-    Returns: ``epe`` (mean endpoint error in px over the interior, ``margin_fraction`` of the side
-    left out at each border), ``mse`` and ``local_ncc`` of ``warp(source, flow)`` against the
-    target, ``folding_percent`` (pixels with Jacobian determinant ≤ 0) and ``jac_std`` (std of
-    the Jacobian determinant over the image).
+    Returns: ``epe`` (mean endpoint error in px over :func:`epe_mask`), ``mse`` and ``local_ncc``
+    of ``warp(source, flow)`` against the target, ``folding_percent`` (pixels with Jacobian
+    determinant ≤ 0), ``jac_std`` (std of the Jacobian determinant over the image) and ``dice``
+    (:func:`label_dice` on label sets, NaN elsewhere).
     """
     flow = np.asarray(flow, np.float32)
     if flow.shape != pair.flow.shape:
@@ -414,17 +383,19 @@ def score(pair: Pair, flow: np.ndarray, margin_fraction: float = 0.1) -> dict[st
     with torch.inference_mode():
         warped = warp(torch.from_numpy(pair.source)[None, None], torch.from_numpy(flow)[None])[0, 0].numpy()
     scores = image_scores(warped, pair.target)
+    error = np.sqrt(((flow.astype(np.float64) - pair.flow) ** 2).sum(axis=0))
     return {
-        "epe": endpoint_error(flow, pair.flow, margin_for(pair.source.shape[0], margin_fraction)),
+        "epe": float(error[epe_mask(pair.flow, pair.valid)].mean()),
         "mse": scores["mse"],
         "local_ncc": scores["local_ncc"],
         "folding_percent": folding_percent(flow),
         "jac_std": float(jacobian_determinant(flow).std()),
+        "dice": label_dice(*pair.labels, flow) if pair.labels else math.nan,
     }
 
 
 def set_threads(threads: int | None) -> None:
-    """Give every method the same number of threads (torch, SimpleITK); None leaves the defaults."""
+    """Give every method ``threads`` threads (torch, OpenCV, SimpleITK, OpenMP); 0 or None leaves each library's default."""
     if not threads:
         return
     torch.set_num_threads(threads)
@@ -439,6 +410,20 @@ def set_threads(threads: int | None) -> None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
+def thread_counts() -> dict[str, int]:
+    """Threads each library uses now: torch, and OpenCV and SimpleITK when installed."""
+    counts = {"torch": torch.get_num_threads()}
+    if importlib.util.find_spec("cv2") is not None:
+        import cv2
+
+        counts["OpenCV"] = cv2.getNumThreads()
+    if importlib.util.find_spec("SimpleITK") is not None:
+        import SimpleITK as sitk
+
+        counts["SimpleITK"] = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    return counts
+
+
 def run_accuracy(
     sets: dict[str, EvalSet],
     methods: Sequence[Method],
@@ -449,8 +434,8 @@ def run_accuracy(
 
     Methods run interleaved (for each pair, every method in turn), so background load falls on
     all of them alike; each method is first run once on a set's first pair, untimed (warm-up:
-    imports, model loading, allocator and oneDNN caches; once per image size). Rows: ``set``, ``pair``, ``method``,
-    ``family``, ``time_s`` and the :func:`score` figures.
+    imports, model loading, allocator and oneDNN caches; once per image shape). Rows: ``set``, ``pair``,
+    ``method``, ``family``, ``time_s`` and the :func:`score` figures.
     """
     runnable = []
     for method in methods:
@@ -460,12 +445,12 @@ def run_accuracy(
         else:
             runnable.append(method)
     rows = []
-    warm: set[int] = set()
+    warm: set[tuple[int, ...]] = set()
     for set_name, spec in sets.items():
         pairs = build_pairs(spec, count)
-        log(f"{set_name}: {len(pairs)} pairs of {spec.size}², fields up to {spec.max_disp:g} px")
-        if spec.size not in warm:  # per image size: oneDNN and allocator caches are per shape
-            warm.add(spec.size)
+        log(f"{set_name}: {len(pairs)} pair(s): {describe(spec)}")
+        if pairs[0].source.shape not in warm:  # oneDNN and allocator caches are per shape
+            warm.add(pairs[0].source.shape)
             for method in runnable:
                 method.fn(pairs[0].source, pairs[0].target)
         for i, pair in enumerate(pairs):
@@ -491,14 +476,15 @@ SUMMARY_FIELDS = (
     "local_ncc",
     "folding_percent",
     "jac_std",
+    "dice",
     "time_s",
     "speedup_vs_tvl1",
 )
 
 
 def summarise(rows: Iterable[dict]) -> list[dict]:
-    """Per (set, method): mean and median over pairs of the per-pair EPE, means of the other scores,
-    the median time per pair, and the speed ratio ``time(tvl1) / time(method)`` within the set."""
+    """Per (set, method): mean and median over pairs of the per-pair EPE, means of the other scores
+    (``dice`` NaN outside label sets), the median time per pair, and the speed ratio ``time(tvl1) / time(method)`` within the set."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["set"], row["method"]), []).append(row)
@@ -515,6 +501,7 @@ def summarise(rows: Iterable[dict]) -> list[dict]:
                 "local_ncc": float(np.mean([r["local_ncc"] for r in group])),
                 "folding_percent": float(np.mean([r["folding_percent"] for r in group])),
                 "jac_std": float(np.mean([r["jac_std"] for r in group])),
+                "dice": float(np.mean([r["dice"] for r in group])),
                 "time_s": float(statistics.median(r["time_s"] for r in group)),
             }
         )
@@ -525,7 +512,8 @@ def summarise(rows: Iterable[dict]) -> list[dict]:
 
 
 def machine_description(threads: int | None = None) -> str:
-    """One line: CPU model, core count, threads given to each method, load average, torch version."""
+    """One line: CPU model, core count, threads (``threads`` for every method, or each library's
+    default when 0 or None, with the counts in effect), load average, torch version."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -537,72 +525,105 @@ def machine_description(threads: int | None = None) -> str:
     load = ""
     if hasattr(os, "getloadavg"):
         load = f", load average {os.getloadavg()[0]:.1f} at start"
-    return f"{cpu}, {os.cpu_count()} cores, {threads or torch.get_num_threads()} thread(s) per method{load}, torch {torch.__version__}"
+    counts = ", ".join(f"{name} {n}" for name, n in thread_counts().items())
+    given = f"{threads} thread(s) for every method" if threads else "every library at its default threads"
+    return f"{cpu}, {os.cpu_count()} cores, {given} ({counts}){load}, torch {torch.__version__}"
+
+
+def _cell(value: float, fmt: str) -> str:
+    return "" if math.isnan(value) else format(value, fmt)
 
 
 def markdown_table(summary: Sequence[dict], set_name: str) -> str:
-    """The summary rows of one set as a markdown table (time in ms)."""
+    """The summary rows of one set as a markdown table, best mean EPE first (time in ms; Dice blank outside label sets)."""
     lines = [
-        "| method | EPE mean (px) | EPE median (px) | MSE | local NCC | folding % | std J | time / pair (ms) | × TV-L1 speed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | EPE mean (px) | EPE median (px) | Dice | MSE | local NCC | folding % | std J | time / pair (ms) | × TV-L1 speed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sorted((s for s in summary if s["set"] == set_name), key=lambda s: s["epe_mean"]):
         ratio = "–" if s["method"] == "identity" or math.isnan(s["speedup_vs_tvl1"]) else f"{s['speedup_vs_tvl1']:.2f}"
         lines.append(
-            f"| {s['method']} | {s['epe_mean']:.2f} | {s['epe_median']:.2f} | {s['mse']:.4f} | {s['local_ncc']:.3f} | "
-            f"{s['folding_percent']:.3f} | {s['jac_std']:.3f} | {1000 * s['time_s']:.1f} | {ratio} |"
+            f"| {s['method']} | {s['epe_mean']:.2f} | {s['epe_median']:.2f} | {_cell(s['dice'], '.3f')} | {s['mse']:.4f} | "
+            f"{s['local_ncc']:.3f} | {s['folding_percent']:.3f} | {s['jac_std']:.3f} | {1000 * s['time_s']:.1f} | {ratio} |"
         )
     return "\n".join(lines)
 
 
-def bar_report(summary: Sequence[dict], model: str, default_steps: int = 30) -> str:
-    """Markdown bullets comparing the figures with the project's bar (issues 4 and 6), from ``summary``.
+#: Issue 13's bar. Photograph sets where the default must match DIS-fine's EPE at no more than
+#: :data:`BAR_TIME_RATIO` times its median time; contrast-changed sets and their EPE ceiling (px);
+#: sets and the folding ceiling (%).
+BAR_PEER = "dis-fine"
+BAR_PHOTO_SETS = ("photo128", "photo256", "photo128-large", "photo256-large", "photo128-layered", "photo256-layered", "stereo256")
+BAR_TIME_RATIO = 2.0
+BAR_CONTRAST_SETS = ("photo128-gamma", "photo128-invert", "photo128-sigmoid")
+BAR_CONTRAST_EPE = 0.15
+BAR_FOLDING_SETS = ("photo128", "photo256")
+BAR_FOLDING_PERCENT = 0.05
 
-    ``model`` is the default checkpoint's name; ``register()``'s default is ``model:net+refine{default_steps}``.
-    Only what the summary holds is reported; nothing is asserted here.
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def bar_report(summary: Sequence[dict], model: str) -> str:
+    """Issue 13's bar, read from ``summary``: markdown (a table, then bullets). Nothing is asserted here.
+
+    The default is :func:`default_row` for ``model`` (so whatever
+    :data:`regcore.pipeline.DEFAULT_METHOD` is when this runs). For each of
+    :data:`BAR_PHOTO_SETS` in the summary: its mean EPE against DIS-fine's and its median time as
+    a multiple of DIS-fine's; for :data:`BAR_CONTRAST_SETS` its mean EPE against
+    :data:`BAR_CONTRAST_EPE`; for :data:`BAR_FOLDING_SETS` its folding against
+    :data:`BAR_FOLDING_PERCENT`. A set in the summary without one of the rows is said to be so.
     """
     by = {(s["set"], s["method"]): s for s in summary}
-    net, default = f"{model}:net", f"{model}:net+refine{default_steps}"
-    refines = sorted({s["method"] for s in summary if s["method"].startswith(f"{model}:net+refine")})
-    lines = []
-    for set_name in ("photo128", "photo256"):
-        tv, d, n, syn = (by.get((set_name, m)) for m in ("tvl1", default, net, "syn"))
-        if tv and d:
-            verdict = "below" if d["epe_mean"] < tv["epe_mean"] else "NOT below"
+    ran = {s["set"] for s in summary}
+    default = default_row(model)
+    lines = [
+        f"Default method: `{default}` (`regcore.pipeline.DEFAULT_METHOD = {pipeline.DEFAULT_METHOD!r}`); peer: `{BAR_PEER}`.",
+        "",
+    ]
+    photo = [name for name in BAR_PHOTO_SETS if name in ran]
+    if photo:
+        lines += [
+            f"| set | default EPE (px) | {BAR_PEER} EPE (px) | EPE ≤ {BAR_PEER} | default time (ms) | {BAR_PEER} time (ms) "
+            f"| time ratio | ratio ≤ {BAR_TIME_RATIO:g} |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name in photo:
+            d, peer = by.get((name, default)), by.get((name, BAR_PEER))
+            if not (d and peer):
+                missing = " and ".join(f"`{m}`" for m, r in ((default, d), (BAR_PEER, peer)) if not r)
+                lines.append(f"| {name} | | | {missing} not in this run | | | | |")
+                continue
+            ratio = d["time_s"] / peer["time_s"]
             lines.append(
-                f"- {set_name}: default register() ({default}) mean EPE {d['epe_mean']:.2f} px, {verdict} TV-L1's "
-                f"{tv['epe_mean']:.2f}; folding {d['folding_percent']:.3f}% (bar < 0.1%)"
+                f"| {name} | {d['epe_mean']:.3f} | {peer['epe_mean']:.3f} | {_verdict(d['epe_mean'] <= peer['epe_mean'])} | "
+                f"{1000 * d['time_s']:.1f} | {1000 * peer['time_s']:.1f} | {ratio:.2f}× | {_verdict(ratio <= BAR_TIME_RATIO)} |"
             )
-        if tv and n:
-            verdict = "no worse than" if n["epe_mean"] <= tv["epe_mean"] else "WORSE than"
+        lines.append("")
+    ceilings = (  # (sets, summary key, what, ceiling, unit)
+        (BAR_CONTRAST_SETS, "epe_mean", "mean EPE", BAR_CONTRAST_EPE, " px"),
+        (BAR_FOLDING_SETS, "folding_percent", "folding", BAR_FOLDING_PERCENT, "%"),
+    )
+    for names, key, what, ceiling, unit in ceilings:
+        for name in (n for n in names if n in ran):
+            d = by.get((name, default))
             lines.append(
-                f"- {set_name}: {net} is {n['speedup_vs_tvl1']:.1f}× TV-L1's speed (bar ≥ 20× at 256²), "
-                f"EPE {n['epe_mean']:.2f} px, {verdict} TV-L1"
+                f"- {name}: default {what} {d[key]:.3f}{unit}, bar ≤ {ceiling:g}{unit}: {_verdict(d[key] <= ceiling)}"
+                if d
+                else f"- {name}: the default was not in this run"
             )
-        if syn and n:
-            lines.append(
-                f"- {set_name}: {net} is {syn['time_s'] / n['time_s']:.1f}× SyN's speed (bar ≥ 50×); SyN EPE {syn['epe_mean']:.2f} px"
-            )
-        if syn and refines:
-            best = min((by[(set_name, m)] for m in refines if (set_name, m) in by), key=lambda r: r["epe_mean"], default=None)
-            if best:
-                verdict = "at or below" if best["epe_mean"] <= syn["epe_mean"] else "ABOVE"
-                lines.append(
-                    f"- {set_name}: best net+refine ({best['method']}) EPE {best['epe_mean']:.2f} px, {verdict} SyN's {syn['epe_mean']:.2f}"
-                )
-    for set_name in sorted({s["set"] for s in summary if "gamma" in s["set"] or "invert" in s["set"]}):
-        ident, n, d = (by.get((set_name, m)) for m in ("identity", net, default))
-        if ident and (n or d):
-            got = ", ".join(f"{r['method']} {r['epe_mean']:.2f}" for r in (n, d) if r)
-            lines.append(f"- {set_name}: mean EPE {got} px (identity {ident['epe_mean']:.2f})")
-    return "\n".join(lines)
+    if len(lines) == 2:
+        lines.append("None of the bar's sets is in this run.")
+    return "\n".join(lines).rstrip()
 
 
 def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
+    """``rows`` as CSV; NaN (no figure: Dice outside label sets, no TV-L1 row) is written as an empty cell."""
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows)
 
 
 @dataclass
@@ -623,30 +644,23 @@ def write_outputs(
 ) -> Outputs:
     """Write ``results.md`` (the :func:`bar_report` for ``default_model``, then one table per set),
     ``results.csv`` (summary), ``pairs.csv`` (every pair) and ``accuracy_vs_time.png`` (mean EPE
-    against median time per pair, log time axis)."""
+    against median time per pair, log axes, one panel per set)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = Outputs()
-    parts = [f"# regcore benchmark\n\n{header}\n"]
+    parts = [
+        f"# regcore benchmark\n\n{header}\n\n"
+        "Pairs are deformed with SciPy's cubic spline (`benchmarks/sets.py`), not regcore's warp. In every table: EPE over the "
+        f"interior ({MARGIN_FRACTION:.0%} of each side left out at each border) where the true source point lies inside the "
+        "image (and, on the stereo pair, where the disparity is known), mean / median over pairs; Dice (label sets): mean over "
+        "labels of the source's label map carried by the field, nearest neighbour; MSE, local NCC: the source warped by the "
+        "field against the target; folding: pixels with Jacobian determinant ≤ 0; time: median per pair.\n"
+    ]
     for set_name, spec in sets.items():
-        if not any(s["set"] == set_name for s in summary):
-            continue
-        what = "scikit-image photographs" if spec.kind == "photo" else "generated label-map images"
-        extra = {
-            "gamma": ", target gamma 0.5 or 2",
-            "invert": ", target intensities inverted",
-            "augment": ", independent random bias field, gamma and noise on each image",
-        }.get(spec.contrast, "")
-        extra += f", Gaussian noise σ={spec.noise:g} on both" if spec.noise else ""
-        parts.append(
-            f"## {set_name}: {what}, {spec.size}², fields up to {spec.max_disp:g} px{extra}\n\n"
-            f"EPE over the interior ({margin_for(spec.size)} px border left out); mean / median over pairs; time: median per pair.\n\n"
-            + markdown_table(summary, set_name)
-            + "\n"
-        )
-    bar = bar_report(summary, default_model) if default_model else ""
-    if bar:
-        parts.insert(1, f"## Against the bar (default model `{default_model}`)\n\n{bar}\n")
+        if any(s["set"] == set_name for s in summary):
+            parts.append(f"## {set_name}: {describe(spec)}\n\n" + markdown_table(summary, set_name) + "\n")
+    if default_model:
+        parts.insert(1, f"## Against issue 13's bar (default model `{default_model}`)\n\n{bar_report(summary, default_model)}\n")
     used = {s["method"] for s in summary}
     parts.append("## Methods\n\n" + "\n".join(f"- `{m.name}`: {m.description}" for m in methods if m.name in used) + "\n")
     paths.files["markdown"] = out / "results.md"
@@ -655,29 +669,37 @@ def write_outputs(
     _write_csv(paths.files["csv"], summary, SUMMARY_FIELDS)
     paths.files["pairs"] = out / "pairs.csv"
     _write_csv(
-        paths.files["pairs"], rows, ("set", "pair", "method", "family", "epe", "mse", "local_ncc", "folding_percent", "jac_std", "time_s")
+        paths.files["pairs"],
+        rows,
+        ("set", "pair", "method", "family", "epe", "mse", "local_ncc", "folding_percent", "jac_std", "dice", "time_s"),
     )
     paths.files["plot"] = out / "accuracy_vs_time.png"
-    _plot_accuracy(paths.files["plot"], summary, list(sets), methods)
+    _plot_accuracy(paths.files["plot"], summary, list(sets), methods, default_row(default_model) if default_model else None)
     return paths
 
 
-def _plot_accuracy(path: Path, summary: Sequence[dict], set_names: Sequence[str], methods: Sequence[Method]) -> None:
+def _plot_accuracy(
+    path: Path, summary: Sequence[dict], set_names: Sequence[str], methods: Sequence[Method], default: str | None = None
+) -> None:
+    """One panel per set: mean EPE against median time per pair, every method labelled; the
+    ``default`` row is a star and the issue-13 peer (:data:`BAR_PEER`) a diamond."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     set_names = [s for s in set_names if any(r["set"] == s and r["method"] != "identity" for r in summary)]
-    cols = min(3, len(set_names)) or 1
+    cols = min(4, len(set_names)) or 1
     rows_n = math.ceil(len(set_names) / cols) or 1
     fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 4.2 * rows_n), squeeze=False)
     colours = {"regcore": "tab:blue", "classical": "tab:orange", "baseline": "tab:gray"}
     family = {m.name: m.family for m in methods}
+    markers = {default: ("*", 140), BAR_PEER: ("D", 45)}
     for ax, set_name in zip(axes.flat, set_names, strict=False):
         points = [r for r in summary if r["set"] == set_name and r["method"] != "identity"]
         for r in points:
-            ax.scatter(r["time_s"], r["epe_mean"], color=colours.get(family.get(r["method"], ""), "k"), s=30)
+            marker, size = markers.get(r["method"], ("o", 30))
+            ax.scatter(r["time_s"], r["epe_mean"], color=colours.get(family.get(r["method"], ""), "k"), marker=marker, s=size)
             ax.annotate(r["method"], (r["time_s"], r["epe_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ident = [r for r in summary if r["set"] == set_name and r["method"] == "identity"]
         if ident:
@@ -691,7 +713,8 @@ def _plot_accuracy(path: Path, summary: Sequence[dict], set_names: Sequence[str]
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(set_names) :]:
         ax.axis("off")
-    fig.suptitle("accuracy vs time (lower left is better; blue: regcore, orange: classical)", fontsize=10)
+    star = f"; star: the default ({default})" if default else ""
+    fig.suptitle(f"accuracy vs time (lower left is better; blue: regcore, orange: classical{star}; diamond: {BAR_PEER})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

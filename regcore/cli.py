@@ -1,4 +1,4 @@
-"""Command line: ``python -m regcore register SOURCE TARGET --out DIR`` (and ``warp``, ``models``).
+"""Command line: ``python -m regcore register SOURCE TARGET --out DIR`` (and ``register-many``, ``warp``, ``models``).
 
 Bad input exits with status 2 and one readable line on stderr (no traceback).
 """
@@ -15,17 +15,14 @@ import numpy as np
 from .api import METHODS, POLARITIES, PRESMOOTH_MODES, register
 from .errors import RegcoreError
 from .pipeline import DEFAULT_METHOD, FALLBACK_METHOD
+from .volumes import AXES
 
 EXIT_BAD_INPUT = 2
+FORMATS_HELP = "PNG, JPEG, TIFF, BMP, ...; NIfTI, DICOM, MetaImage, NRRD"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m regcore", description="2-D deformable image registration.")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("register", help="register SOURCE to TARGET; write warped.png, flow.npy, metrics.json")
-    r.add_argument("source", help="image to deform (PNG, JPEG, TIFF, BMP, ...)")
-    r.add_argument("target", help="image to match")
-    r.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+def _registration_options(r: argparse.ArgumentParser) -> None:
+    """The options ``register`` and ``register-many`` share."""
     r.add_argument(
         "--method", choices=list(METHODS), default=None, help=f"default: {DEFAULT_METHOD} with a checkpoint, else {FALLBACK_METHOD}"
     )
@@ -37,6 +34,32 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--presmooth", choices=PRESMOOTH_MODES, default="auto", help="auto: the optimisation compares smoothed images when they look noisy"
     )
+    r.add_argument(
+        "--slice-axis", choices=AXES, default="z", help="3-D volumes: the voxel axis the registered slice is perpendicular to (default z)"
+    )
+    r.add_argument("--slice-index", type=int, default=None, help="3-D volumes: the slice's index along --slice-axis (default: the middle)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m regcore", description="2-D deformable image registration.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("register", help="register SOURCE to TARGET; write warped.png, flow.npy, metrics.json")
+    r.add_argument("source", help=f"image to deform ({FORMATS_HELP})")
+    r.add_argument("target", help="image to match")
+    r.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    _registration_options(r)
+    r.add_argument("--source-labels", default=None, help="the source's label map (integer PNG/TIFF or a medical format): warped too")
+    r.add_argument("--target-labels", default=None, help="the target's label map: Dice per label before and after in metrics.json")
+    m = sub.add_parser(
+        "register-many",
+        help="register every pair of a CSV (columns source,target[,source_labels,target_labels]) into OUT/<row>/; write OUT/summary.csv",
+        description="Rows already done are skipped; a bad row is reported in summary.csv. Under torchrun, rows are sharded across ranks.",
+    )
+    m.add_argument("pairs", type=Path, help="CSV with a header; relative paths are relative to its folder")
+    m.add_argument("--out", required=True, type=Path, help="output folder: one folder per row, and summary.csv")
+    m.add_argument("--batch-size", type=int, default=8, help="pairs registered together (batched network passes; default 8)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _registration_options(m)
     w = sub.add_parser("warp", help="warp IMAGE by a saved FLOW (.npy, (2, H, W) pixels; a smaller one is scaled up); write OUT")
     w.add_argument("image")
     w.add_argument("flow", type=Path)
@@ -45,18 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options(args: argparse.Namespace) -> dict:
+    keys = ("method", "model", "refine_steps", "similarity", "device", "polarity", "presmooth", "slice_axis", "slice_index")
+    return {key: getattr(args, key) for key in keys}
+
+
 def _register(args: argparse.Namespace) -> None:
-    result = register(
-        args.source,
-        args.target,
-        method=args.method,
-        model=args.model,
-        refine_steps=args.refine_steps,
-        similarity=args.similarity,
-        device=args.device,
-        polarity=args.polarity,
-        presmooth=args.presmooth,
-    )
+    result = register(args.source, args.target, source_labels=args.source_labels, target_labels=args.target_labels, **_options(args))
     try:
         paths = result.save(args.out)
     except OSError as err:
@@ -68,8 +86,26 @@ def _register(args: argparse.Namespace) -> None:
     print(f"{'':12}{'before':>10}{'after':>10}")
     for key in ("mse", "ncc", "local_ncc"):
         print(f"{key:12}{b[key]:10.4f}{a[key]:10.4f}")
+    if result.dice is not None and result.dice["before"]["mean"] is not None:  # None: neither map has a label
+        print(f"{'Dice (mean)':12}{result.dice['before']['mean']:10.4f}{result.dice['after']['mean']:10.4f}")
     print(f"folding     {a['folding_percent']:.3f}% of pixels")
+    shift = result.displacement
+    in_mm = f" ({shift['mean_mm']:.3f} / {shift['max_mm']:.3f} mm)" if "mean_mm" in shift else ""
+    print(f"displacement mean / max {shift['mean_px']:.3f} / {shift['max_px']:.3f} px{in_mm}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _register_many(args: argparse.Namespace) -> None:
+    from .many import register_many
+
+    report = register_many(args.pairs, args.out, batch_size=args.batch_size, progress=not args.no_progress, **_options(args))
+    if report.rank == 0:  # the other ranks of a torchrun job stay quiet
+        print(
+            f"registered {report.registered} pairs in {report.elapsed_s:.2f} s ({report.pairs_per_s:.2f} pairs/s,"
+            f" {report.processes} process{'es' if report.processes > 1 else ''}); {report.skipped} already done;"
+            f" {report.failed} failed" + (" (see summary.csv)" if report.failed else "")
+        )
+        print(f"wrote {report.summary}")
 
 
 def _warp(args: argparse.Namespace) -> None:
@@ -119,7 +155,7 @@ def _models(_: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"register": _register, "warp": _warp, "models": _models}[args.command](args)
+        {"register": _register, "register-many": _register_many, "warp": _warp, "models": _models}[args.command](args)
     except RegcoreError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,9 +2,9 @@
 
 Everything here is made on the fly from a seeded ``torch.Generator``; nothing is downloaded.
 
-- :func:`label_images`: SynthMorph-style images: a random smooth label map, each label a random
-  intensity, then blur, a smooth multiplicative bias field, random gamma and noise, so a model
-  trained on them with NCC does not depend on one contrast.
+- :func:`label_images`: SynthMorph-style images: a random smooth label map (:func:`label_maps`),
+  each label a random intensity, then blur, a smooth multiplicative bias field, random gamma and
+  noise (:func:`paint_labels`), so a model trained on them with NCC does not depend on one contrast.
 - :func:`texture_images`: multi-octave smooth noise ("shapes synthesised from noise").
 - :func:`random_fields`: smooth random displacements, made as a stationary velocity field
   (a sum of smooth noise at several scales) integrated by scaling and squaring, so they are
@@ -31,18 +31,22 @@ from .filters import gaussian_blur
 from .warp import VecInt, warp
 
 __all__ = [
+    "BUNDLED_PHOTOS",
     "MOTIONS",
     "PHOTO_NAMES",
+    "TUNING_PHOTO_NAMES",
     "Batch",
     "Layers",
     "affine_fields",
     "blob_masks",
     "label_images",
+    "label_maps",
     "layered_motion",
     "layered_pairs",
     "load_photo",
     "make_batch",
     "motion_fields",
+    "paint_labels",
     "photo_pairs",
     "random_fields",
     "smooth_noise",
@@ -84,15 +88,28 @@ def intensity_augment(x: Tensor, g: torch.Generator, strength: float = 1.0) -> T
     return (x + noise).clamp(0, 1)
 
 
-def label_images(n: int, size: tuple[int, int], g: torch.Generator) -> Tensor:
-    """SynthMorph-style images ``(n, 1, H, W)`` in [0, 1] (see the module docstring)."""
+def label_maps(n: int, size: tuple[int, int], g: torch.Generator) -> tuple[Tensor, int]:
+    """Random smooth label maps ``(n, 1, H, W)`` int64 with values in ``[0, labels)``, and ``labels``
+    (4 to 16, one count for the batch; a label may be absent from a map)."""
     labels = int(torch.randint(4, 17, (1,), generator=g))
     cells = int(torch.randint(3, 13, (1,), generator=g))
     scores = smooth_noise(n, labels, size, cells, g)
-    label_map = scores.argmax(dim=1, keepdim=True)
+    return scores.argmax(dim=1, keepdim=True), labels
+
+
+def paint_labels(label_map: Tensor, labels: int, g: torch.Generator) -> Tensor:
+    """Images ``(n, 1, H, W)`` in [0, 1] of ``(n, 1, H, W)`` label maps: each label a random intensity,
+    then blur, bias field, gamma and noise (:func:`intensity_augment`)."""
+    n, _, h, w = label_map.shape
     intensities = torch.rand(n, labels, generator=g)
-    image = torch.gather(intensities, 1, label_map.flatten(1)).view(n, 1, *size)
+    image = torch.gather(intensities, 1, label_map.flatten(1)).view(n, 1, h, w)
     return intensity_augment(gaussian_blur(image, _uniform(n, 0.0, 1.5, g)), g)
+
+
+def label_images(n: int, size: tuple[int, int], g: torch.Generator) -> Tensor:
+    """SynthMorph-style images ``(n, 1, H, W)`` in [0, 1] (see the module docstring): :func:`paint_labels`
+    of :func:`label_maps`."""
+    return paint_labels(*label_maps(n, size, g), g)
 
 
 def texture_images(n: int, size: tuple[int, int], g: torch.Generator) -> Tensor:
@@ -292,17 +309,22 @@ def _images(n: int, size: tuple[int, int], g: torch.Generator, kind: str) -> Ten
 
 #: Gray photographs bundled with scikit-image, used for validation and benchmarks only.
 PHOTO_NAMES = ("camera", "moon", "coins", "text", "brick", "grass", "gravel", "page", "astronaut", "coffee", "chelsea", "rocket")
+#: Other photographs bundled with scikit-image, which the benchmark keeps apart for tuning
+#: (``benchmarks/sets.py``: TUNING_NAMES).
+TUNING_PHOTO_NAMES = ("cell", "clock", "hubble_deep_field", "immunohistochemistry", "retina", "logo")
+#: What :func:`load_photo` accepts: images whose files ship with scikit-image (nothing is downloaded).
+BUNDLED_PHOTOS = PHOTO_NAMES + TUNING_PHOTO_NAMES
 
 
 def load_photo(name: str, size: int) -> np.ndarray:
     """A scikit-image sample photograph, gray, centre-cropped square and resized: ``(size, size)`` in [0, 1].
 
-    ``name`` is one of :data:`PHOTO_NAMES` (files bundled with scikit-image); any other name is a
-    :class:`~regcore.errors.RegcoreError`: ``skimage.data`` also holds functions that download
+    ``name`` is one of :data:`BUNDLED_PHOTOS` (files that ship with scikit-image); any other name is
+    a :class:`~regcore.errors.RegcoreError`: ``skimage.data`` also holds functions that download
     data sets (``download_all``), which a name typed by a user must never reach.
     """
-    if name not in PHOTO_NAMES:
-        raise RegcoreError(f"unknown photograph {name!r}; choose one of {', '.join(PHOTO_NAMES)}")
+    if name not in BUNDLED_PHOTOS:
+        raise RegcoreError(f"unknown photograph {name!r}; choose one of {', '.join(BUNDLED_PHOTOS)}")
     from skimage import color, data, transform
 
     image = getattr(data, name)()

@@ -41,7 +41,14 @@ def box_mean(x: Tensor, win: int) -> Tensor:
     h, w = x.shape[-2:]
     rows = F.pad(x, (p, p)).unfold(-1, win, 1).sum(-1)
     sums = F.pad(rows, (0, 0, p, p)).unfold(-2, win, 1).sum(-1)
-    return sums / _window_counts(h, win, x.device, x.dtype)[:, None] / _window_counts(w, win, x.device, x.dtype)
+    return sums * _inverse_counts(h, w, win, x.device, x.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_counts(h: int, w: int, win: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``1 / (pixels covered)`` of each ``win × win`` window of an ``h × w`` image: ``(H, W)``."""
+    with torch.inference_mode(False):
+        return 1.0 / (_window_counts(h, win, device, dtype)[:, None] * _window_counts(w, win, device, dtype))
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:

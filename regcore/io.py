@@ -2,7 +2,8 @@
 
 Accepted: numpy arrays (2-D gray, or 3-D with 1, 3 or 4 channels last; bool, integer or float),
 PIL images, and paths / ``bytes`` of any file Pillow reads (PNG, JPEG, TIFF, BMP, GIF, WebP ...),
-whatever the file's extension says. Colour becomes luminance (ITU-R 601, Pillow's ``L``); alpha
+whatever the file's extension says, and NIfTI, DICOM, MetaImage and NRRD files (:mod:`regcore.volumes`:
+a 3-D volume gives one slice, intensities are windowed to [0, 1]). Colour becomes luminance (ITU-R 601, Pillow's ``L``); alpha
 is composited onto white (what an image viewer shows). Values: integer images whose values lie in
 0..255 (``uint8``, 8-bit files, or 8-bit data in a wider type) are divided by 255; any other
 integer image (16-bit files, 12-bit data in a 16-bit container, signed data) is min-max scaled to
@@ -10,6 +11,8 @@ integer image (16-bit files, 12-bit data in a 16-bit container, signed data) is 
 already in [0, 1] and min-max scaled otherwise; NaN or infinite values are refused. EXIF orientation is applied. Multi-frame files
 (animated GIF, multi-page TIFF) give their first frame. Things done that the caller may not
 expect (first frame, EXIF rotation, transparency, rescaling) are reported through ``notes``.
+
+:func:`load_labels` reads label maps (segmentations) the same ways, keeping their integer values.
 
 Limits: at most :data:`MAX_PIXELS` pixels, checked from the file header before anything is
 decoded (Pillow's own decompression-bomb guard stays on as a second line). Every failure is an
@@ -29,8 +32,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .volumes import Slicing, as_labels, medical_format, read_scan
 
-__all__ = ["MAX_PIXELS", "ImageLike", "input_label", "load_image", "save_image", "to_uint8"]
+__all__ = ["MAX_PIXELS", "ImageLike", "input_label", "load_image", "load_labels", "save_image", "to_uint8"]
 
 ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike, bytes]
 
@@ -40,7 +44,9 @@ ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike, bytes]
 MAX_PIXELS = 4096 * 4096
 
 
-def load_image(image: ImageLike, name: str = "image", max_pixels: int = MAX_PIXELS, notes: list[str] | None = None) -> np.ndarray:
+def load_image(
+    image: ImageLike, name: str = "image", max_pixels: int = MAX_PIXELS, notes: list[str] | None = None, slicing: Slicing | None = None
+) -> np.ndarray:
     """Load ``image`` as a ``float32`` ``(H, W)`` array in [0, 1].
 
     Args:
@@ -49,6 +55,7 @@ def load_image(image: ImageLike, name: str = "image", max_pixels: int = MAX_PIXE
         max_pixels: refuse images with more pixels than this (default :data:`MAX_PIXELS`).
         notes: if given, one line per surprising conversion is appended (first frame of an
             animation, EXIF rotation, transparency, rescaled values).
+        slicing: the slice to read from a 3-D medical volume (default: the middle ``z`` slice).
 
     Raises:
         ImageError: not a usable image; the one-line message names ``name`` (and the file).
@@ -58,7 +65,7 @@ def load_image(image: ImageLike, name: str = "image", max_pixels: int = MAX_PIXE
         image = bytes(image)
     if isinstance(image, (str, os.PathLike, bytes)):
         label = input_label(image, name)
-        return _from_array(_read_file(image, label, max_pixels, notes), label, max_pixels, notes)
+        return _from_array(_read_file(image, label, max_pixels, notes, slicing), label, max_pixels, notes)
     if isinstance(image, Image.Image):
         _check_pixels(image.width, image.height, name, max_pixels)  # before a lazy PIL image decodes
         return _from_array(_pil_to_array(image, name, notes), name, max_pixels, notes)
@@ -77,7 +84,9 @@ def _check_pixels(width: int, height: int, label: str, max_pixels: int) -> None:
         raise ImageError(f"{label}: {width}x{height} is larger than the limit of {max_pixels:,} pixels")
 
 
-def _read_file(src: str | os.PathLike | bytes, label: str, max_pixels: int, notes: list[str]) -> np.ndarray:
+def _read_file(
+    src: str | os.PathLike | bytes, label: str, max_pixels: int, notes: list[str], slicing: Slicing | None = None, labels: bool = False
+) -> np.ndarray:
     if isinstance(src, bytes):
         if not src:
             raise ImageError(f"{label}: the data is empty")
@@ -91,6 +100,8 @@ def _read_file(src: str | os.PathLike | bytes, label: str, max_pixels: int, note
         if path.stat().st_size == 0:
             raise ImageError(f"{label}: the file is empty (0 bytes)")
         fp = path
+    if medical_format(src) is not None:
+        return read_scan(src, label, slicing, max_pixels, notes, labels=labels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -105,7 +116,7 @@ def _read_file(src: str | os.PathLike | bytes, label: str, max_pixels: int, note
                 upright = ImageOps.exif_transpose(img)
                 if orientation in _EXIF_TURNS:
                     notes.append(f"{label}: {_EXIF_TURNS[orientation]} as its EXIF orientation says")
-                return _pil_to_array(upright, label, notes)
+                return (_pil_labels if labels else _pil_to_array)(upright, label, notes)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -155,6 +166,49 @@ def _pil_to_array(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
         return np.asarray(img.convert("L"))
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
         raise ImageError(f"{name}: the image data could not be decoded ({_first_line(err)})") from None
+
+
+def load_labels(
+    labels: ImageLike, name: str = "labels", max_pixels: int = MAX_PIXELS, notes: list[str] | None = None, slicing: Slicing | None = None
+) -> np.ndarray:
+    """Load a label map (segmentation) as ``int32`` ``(H, W)`` labels from 0 to ``MAX_LABEL`` (0: background).
+
+    Accepted: integer or boolean arrays (floats holding whole numbers too), PIL images and files
+    with one channel: 8/16/32-bit gray PNG or TIFF, palette PNGs (their indices are the labels),
+    and NIfTI, DICOM, MetaImage, NRRD (a 3-D volume gives the slice ``slicing`` chooses, as for its
+    image). Colour is refused unless its three channels are equal. Values are kept, never rescaled.
+
+    Raises:
+        ImageError: not a usable label map; the one-line message names ``name`` (and the file).
+    """
+    notes = [] if notes is None else notes
+    if isinstance(labels, bytearray):
+        labels = bytes(labels)
+    if isinstance(labels, (str, os.PathLike, bytes)):
+        label = input_label(labels, name)
+        return as_labels(_read_file(labels, label, max_pixels, notes, slicing, labels=True), label)
+    if isinstance(labels, Image.Image):
+        _check_pixels(labels.width, labels.height, name, max_pixels)
+        return as_labels(_pil_labels(labels, name, notes), name)
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 2 or labels.size == 0:
+            raise ImageError(f"{name}: a label map must be a non-empty 2-D array (H, W), got shape {labels.shape}")
+        _check_pixels(labels.shape[1], labels.shape[0], name, max_pixels)
+        return as_labels(labels, name)
+    raise ImageError(f"{name}: expected a numpy array, a PIL image, a file path or file bytes, got {type(labels).__name__}")
+
+
+def _pil_labels(img: Image.Image, name: str, notes: list[str]) -> np.ndarray:
+    """PIL image -> its raw label values (palette indices for ``P``; one channel of equal RGB channels)."""
+    try:
+        if img.mode not in ("RGB", "RGBA", "LA", "CMYK", "YCbCr", "HSV", "LAB"):
+            return np.asarray(img, dtype=np.uint16) if img.mode.startswith("I;16") else np.asarray(img)
+        rgb = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
+        raise ImageError(f"{name}: the image data could not be decoded ({_first_line(err)})") from None
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise ImageError(f"{name}: a label map must have one channel of integer labels; this one is in colour ({img.mode})")
+    return rgb[..., 0]
 
 
 def _from_array(arr: np.ndarray, name: str, max_pixels: int, notes: list[str]) -> np.ndarray:

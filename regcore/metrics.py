@@ -9,6 +9,8 @@ from .losses import global_ncc, local_ncc_map
 
 __all__ = [
     "dice",
+    "dice_per_label",
+    "displacement_stats",
     "endpoint_error",
     "folding_percent",
     "image_scores",
@@ -102,3 +104,31 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+def dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    """Dice of each nonzero label of two ``(H, W)`` integer label maps (0 is background), in one
+    pass over the pixels: ``{label: dice}`` for every label present in ``a`` or ``b`` (0 for a
+    label present in only one), in increasing order."""
+    a, b = np.asarray(a, np.int64).ravel(), np.asarray(b, np.int64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in size: {a.size} and {b.size} pixels")
+    if a.size and min(a.min(), b.min()) < 0:
+        raise ValueError("labels must be >= 0")
+    n = int(max(a.max(initial=0), b.max(initial=0))) + 1
+    size_a, size_b = np.bincount(a, minlength=n), np.bincount(b, minlength=n)
+    both = np.bincount(a[a == b], minlength=n)
+    present = np.flatnonzero(size_a + size_b)
+    return {int(k): float(2.0 * both[k] / (size_a[k] + size_b[k])) for k in present if k != 0}
+
+
+def displacement_stats(flow: np.ndarray, spacing: tuple[float, float] | None = None) -> dict[str, float]:
+    """Length of a ``(2, H, W)`` pixel field's vectors: ``{"mean_px", "max_px"}``, plus ``"mean_mm"``
+    and ``"max_mm"`` when ``spacing`` (millimetres per pixel, rows and columns) is given."""
+    flow = np.asarray(flow, np.float64)
+    length = np.hypot(flow[0], flow[1])
+    stats = {"mean_px": float(length.mean()), "max_px": float(length.max())}
+    if spacing is not None:
+        length = np.hypot(flow[0] * spacing[0], flow[1] * spacing[1])
+        stats |= {"mean_mm": float(length.mean()), "max_mm": float(length.max())}
+    return stats

@@ -7,7 +7,7 @@
    size, longer side capped at ``max_side``, contrast inversion detected);
 2. **initial field**: ``METHODS[name].start(work)``: the network's field, or None (zero);
 3. **refinement**: ``METHODS[name].refine(work, flow)``: the method's own per-pair work;
-4. **result**: :func:`finish` gives the field at the registered (working) resolution; the result
+4. **result**: :func:`working_field` gives the field at the registered (working) resolution; the result
    (:class:`regcore.api.RegistrationResult`) scales it back to the source's size only when asked,
    so that a caller who wants pictures of a 4096² pair never pays for a 4096² field.
 
@@ -46,8 +46,10 @@ from .losses import global_ncc, make_similarity
 from .nets import RegNet
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
-from .polish import lucas_kanade_step
-from .warp import resize_flow, resize_image
+from .polish import downsample, resample_flow
+from .polish import polish as polish_flow
+from .volumes import Slicing
+from .warp import resize_image
 
 __all__ = [
     "DEFAULT_METHOD",
@@ -55,11 +57,11 @@ __all__ = [
     "DEFAULT_REFINE_STEPS",
     "DEFAULT_REG_WEIGHT",
     "FALLBACK_METHOD",
-    "HALF_NET_FROM",
     "INVERTED_BELOW",
     "METHODS",
     "MIN_SIDE",
     "NET_MAX_SIDE",
+    "NET_SIDE",
     "POLARITIES",
     "PRESMOOTH_MODES",
     "REFINE_LEVELS",
@@ -69,9 +71,9 @@ __all__ = [
     "Work",
     "check_time",
     "choose_method",
-    "finish",
     "load_pair",
     "prepare",
+    "working_field",
 ]
 
 #: Refinement steps per pyramid level of ``"net+refine"`` when ``refine_steps`` is not given.
@@ -80,11 +82,11 @@ DEFAULT_REFINE_STEPS = 30
 #: is mostly smooth and low-frequency, which full-resolution steps remove slowly, so the
 #: refinement starts at quarter resolution.
 REFINE_LEVELS = 3
-#: From this shorter side (px) on, ``method="net"`` (polished) runs the network at half resolution
-#: and polishes at full resolution with two Lucas–Kanade steps instead of one: as accurate, and
-#: cheaper, than the full-resolution network there. Below it the half-resolution network is too
-#: coarse for the polish to recover.
-HALF_NET_FROM = 256
+#: ``method="net"`` runs the network on the pair averaged over ``2**k × 2**k`` blocks, the smallest
+#: ``k`` that brings the longer side to at most this (px); the Lucas–Kanade pyramid of
+#: :func:`regcore.polish.polish` then refines the field up to full resolution. The network's cost
+#: stays that of one pass at this size however large the images, and it was trained at about it.
+NET_SIDE = 128
 #: Optimisation steps per pyramid level of ``"optimize"`` when ``refine_steps`` is not given.
 DEFAULT_OPTIMIZE_STEPS = 100
 #: Images whose longer side exceeds this are registered at this size; the field is scaled back.
@@ -186,9 +188,10 @@ def check_time(options: Options, since: float, stage: str) -> None:
         raise RegcoreError(f"registration took longer than {options.timeout_s:g} s and was stopped {stage}")
 
 
-def load_pair(source: ImageLike, target: ImageLike, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Both images as ``(H, W)`` float32 in [0, 1] (:func:`regcore.io.load_image`), each side at least ``MIN_SIDE`` px."""
-    images = load_image(source, "source", notes=notes), load_image(target, "target", notes=notes)
+def load_pair(source: ImageLike, target: ImageLike, notes: list[str], slicing: Slicing | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as ``(H, W)`` float32 in [0, 1] (:func:`regcore.io.load_image`; ``slicing``: the slice
+    of a 3-D medical volume), each side at least ``MIN_SIDE`` px."""
+    images = load_image(source, "source", notes=notes, slicing=slicing), load_image(target, "target", notes=notes, slicing=slicing)
     for image, given, role in zip(images, (source, target), ("source", "target"), strict=True):
         if min(image.shape) < MIN_SIDE:
             size = f"{image.shape[1]}x{image.shape[0]}"
@@ -309,32 +312,29 @@ def network_start(work: Work) -> Tensor:
     return network_flow(work.net, work.source, work.target)
 
 
-def _half_network(work: Work) -> bool:
-    """Whether ``"net"`` runs the network at half resolution (polish on, shorter side from ``HALF_NET_FROM``)."""
-    return work.options.polish and min(work.size) >= HALF_NET_FROM
+def net_factor(size: tuple[int, int]) -> int:
+    """The block size ``2**k`` at which ``"net"`` runs the network on images of ``size`` (see :data:`NET_SIDE`)."""
+    factor = 1
+    while max(size) / factor > NET_SIDE and min(size) / (2 * factor) >= MIN_SIDE:
+        factor *= 2
+    return factor
 
 
 def net_start(work: Work) -> Tensor:
-    """``"net"``'s initial field: :func:`network_start`, at half resolution and upsampled when :func:`_half_network`."""
-    if not _half_network(work):
-        return network_start(work)
-    half = (work.size[0] // 2, work.size[1] // 2)
-    return resize_flow(network_flow(work.net, _resize(work.source, half), _resize(work.target, half)), work.size)
-
-
-# ---------------------------------------------------------------------------------------------
-# 3. Refinements
-# ---------------------------------------------------------------------------------------------
+    """``"net"``'s initial field: the network's, on the pair block-averaged by :func:`net_factor`,
+    ``(1, 2, h / f, w / f)`` in pixels of that grid (``polish=False``: resampled to the working size)."""
+    factor = net_factor(work.size)
+    source, target = downsample(work.source, factor), downsample(work.target, factor)
+    flow = network_flow(work.net, source, target)
+    return flow if work.options.polish else resample_flow(flow, work.size)
 
 
 def polish(work: Work, flow: Tensor) -> Tensor:
-    """Lucas–Kanade steps on the network's field (:mod:`regcore.polish`): none with ``polish=False``,
-    two after a half-resolution network, else one."""
-    steps = (2 if _half_network(work) else 1) if work.options.polish else 0
+    """The Lucas–Kanade pyramid of :func:`regcore.polish.polish` from the network's field (nothing with ``polish=False``)."""
+    if not work.options.polish:
+        return flow
     with torch.inference_mode():
-        for _ in range(steps):
-            flow = lucas_kanade_step(work.source, work.target, flow)
-    return flow
+        return polish_flow(work.source, work.target, flow)
 
 
 def _with_deadline(progress: Progress | None, options: Options, start: float) -> Progress | None:
@@ -392,7 +392,7 @@ def classical(flow_fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callab
 # ---------------------------------------------------------------------------------------------
 
 
-def finish(work: Work, flow: Tensor | None) -> Tensor:
+def working_field(work: Work, flow: Tensor | None) -> Tensor:
     """The field found, ``(1, 2, h, w)`` px at the working size (zero if None), detached.
 
     Scaling it to the source's size is left to the result, on first use: a 4096² field is 134 MB
@@ -438,7 +438,7 @@ def _classical_method(label: str, summary: str, flow_fn: Callable[[np.ndarray, n
 METHODS: dict[str, Method] = {
     "net": Method(
         "network",
-        "one network pass, then a Lucas–Kanade polish (polish=False: the network's field alone)",
+        "one network pass at about 128 px, then a Lucas–Kanade pyramid up to full resolution (polish=False: the network's field alone)",
         net_start,
         polish,
         network=True,
@@ -470,6 +470,6 @@ METHODS: dict[str, Method] = {
     "farneback": _classical_method("Farnebäck (OpenCV)", "OpenCV's Farnebäck optical flow, OpenCV's typical parameters", farneback_flow),
 }
 #: The method ``register()`` runs when none is given and a checkpoint is available ...
-DEFAULT_METHOD = "net+refine"
+DEFAULT_METHOD = "net"
 #: ... and when none is (it needs no network).
 FALLBACK_METHOD = "optimize"

@@ -34,6 +34,7 @@ __all__ = [
     "image_strip",
     "images_figure",
     "jacobian_figure",
+    "label_contours",
     "loss_curve_figure",
     "quiver_figure",
 ]
@@ -376,3 +377,34 @@ def gradient_norms_figure(norms: Mapping[str, float], title: str = "Gradient nor
     fig.update_xaxes(type="log", title="‖∂loss/∂weights‖")
     fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=names, ticktext=names, tickfont={"size": 10})
     return fig
+
+
+#: Contour colours of :func:`label_contours` (Okabe–Ito orange and sky blue, told apart with colour-blindness).
+TARGET_CONTOUR = (230, 159, 0)
+MOVED_CONTOUR = (86, 180, 233)
+
+
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: pixels of a nonzero label with a 4-neighbour of another label."""
+    labels = np.asarray(labels)
+    edge = np.zeros(labels.shape, bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edge & (labels != 0)
+
+
+def label_contours(image: np.ndarray, moved_labels: np.ndarray, target_labels: np.ndarray) -> np.ndarray:
+    """An ``(H, W)`` image in [0, 1] with the outlines of two label maps drawn over it: ``(H, W, 3)`` uint8.
+
+    The target's outlines in :data:`TARGET_CONTOUR`, ``moved_labels``' (the source's labels, warped
+    or not) in :data:`MOVED_CONTOUR`, and white where they coincide: the more white, the better the
+    labels agree.
+    """
+    rgb = np.repeat(to_uint8(image)[..., None], 3, axis=2)
+    moved, target = _boundaries(moved_labels), _boundaries(target_labels)
+    rgb[target] = TARGET_CONTOUR
+    rgb[moved] = MOVED_CONTOUR
+    rgb[moved & target] = 255
+    return rgb

@@ -14,6 +14,7 @@ pixel and scale it by ``size / (size - 1)``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,17 @@ def identity_grid(size: tuple[int, int], device=None, dtype=torch.float32) -> Te
     rows = torch.arange(size[0], device=device, dtype=dtype)
     cols = torch.arange(size[1], device=device, dtype=dtype)
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
+
+
+@functools.lru_cache(maxsize=32)
+def _sampling_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``grid_sample``'s coordinates of every pixel of an ``h × w`` image: ``(1, H, W, 2)`` as (x, y) in [-1, 1]."""
+    # A normal tensor even when first asked for in inference mode: cached, it may later meet autograd.
+    with torch.inference_mode(False):
+        # Pixel index p maps to 2 p / (size - 1) - 1; a size-1 axis maps to -1 (its only pixel).
+        ys = torch.arange(h, device=device, dtype=dtype) * (2.0 / max(h - 1, 1)) - 1.0
+        xs = torch.arange(w, device=device, dtype=dtype) * (2.0 / max(w - 1, 1)) - 1.0
+        return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
 
 
 def warp(image: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str = "border") -> Tensor:
@@ -48,11 +60,9 @@ def warp(image: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str 
     if image.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"image {tuple(image.shape)} and flow {tuple(flow.shape)} differ in size")
     h, w = image.shape[-2:]
-    loc = identity_grid((h, w), flow.device, flow.dtype) + flow
-    # Normalise pixel index p to [-1, 1] as 2 p / (size - 1) - 1; a size-1 axis maps to -1 (its only pixel).
-    y = loc[:, 0] * (2.0 / max(h - 1, 1)) - 1.0
-    x = loc[:, 1] * (2.0 / max(w - 1, 1)) - 1.0
-    grid = torch.stack((x, y), dim=-1)  # grid_sample wants (x, y) order in the last axis
+    # grid_sample wants (x, y) in the last axis: the flow's channels reversed, in normalised units.
+    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=flow.device, dtype=flow.dtype)
+    grid = _sampling_grid(h, w, flow.device, flow.dtype) + flow.flip(1).permute(0, 2, 3, 1) * scale
     return F.grid_sample(image, grid.to(image.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
 

@@ -92,7 +92,7 @@ def test_register_endpoint_takes_source_and_target_first(client):
 
 def test_register_returns_the_warped_image_first_and_better_scores(client):
     out = client.predict(gradio_client.handle_file(SOURCE), gradio_client.handle_file(TARGET), **method_for_test(), api_name="/register")
-    warped_path, checker, difference, quiver, grid, jacobian, scores, summary, files = out
+    warped_path, checker, difference, quiver, grid, jacobian, scores, summary, files, dice, contours = out
     assert Path(warped_path).suffix == ".png"
     warped = np.asarray(Image.open(warped_path), np.float32) / 255
     source = regcore.load_image(SOURCE)
@@ -124,6 +124,34 @@ def test_register_returns_the_warped_image_first_and_better_scores(client):
     assert "hover" in json.loads(quiver["plot"])["layout"]["title"]["text"]
     assert "folding" in json.loads(jacobian["plot"])["layout"]["title"]["text"]
     assert "local NCC" in summary
+    assert dice["data"] == [] and contours is None  # no label maps given
+
+
+def test_register_takes_medical_files_and_label_maps_and_gives_dice(client, tmp_path):
+    """A NIfTI pair with label maps, and the same pair as DICOM: Dice before and after, outlines, warped labels."""
+    import SimpleITK as sitk
+
+    phantom = {role: ROOT / "examples" / f"phantom_{role}.nii.gz" for role in ("source", "target", "source_labels", "target_labels")}
+    for role in ("source", "target"):
+        sitk.WriteImage(sitk.ReadImage(str(phantom[role])), str(tmp_path / f"{role}.dcm"))
+    results = []
+    for source, target in ((phantom["source"], phantom["target"]), (tmp_path / "source.dcm", tmp_path / "target.dcm")):
+        out = client.predict(
+            gradio_client.handle_file(source),
+            gradio_client.handle_file(target),
+            method="net",
+            source_labels=gradio_client.handle_file(phantom["source_labels"]),
+            target_labels=gradio_client.handle_file(phantom["target_labels"]),
+            api_name="/register",
+        )
+        summary, files, dice, contours = out[7], out[8], out[9], out[10]
+        rows = {row[0]: row[1:] for row in dice["data"]}
+        assert set(rows) == {"mean", "label 1", "label 2", "label 3", "label 4"}
+        assert rows["mean"][1] > rows["mean"][0] + 0.05 and "Dice" in summary and "mm" in summary
+        assert {Path(f).name for f in files} == {"flow.npy", "warped.png", "metrics.json", "warped_labels.png"}
+        assert Image.open(contours).size[0] > 2 * 256  # before | after
+        results.append(rows["mean"])
+    assert results[0] == pytest.approx(results[1], abs=0.01)  # the same pair, as NIfTI and as DICOM
 
 
 def test_bad_input_gives_a_one_line_error(client, tmp_path):

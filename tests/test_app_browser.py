@@ -112,6 +112,67 @@ def test_one_click_example_registers(browser_page):
     expect(page.locator("#summary")).to_contain_text(f"local NCC {before:.3f} →", timeout=120_000)
 
 
+def _open_medical(page) -> None:
+    if not page.locator("#source-scan").is_visible():
+        page.get_by_role("button", name=re.compile("^Medical scans")).click()
+    page.locator("#source-scan").wait_for(timeout=30_000)
+
+
+def _upload(page, elem_id: str, path: Path) -> None:
+    """Put ``path`` in a file input, clearing the file an earlier test left there."""
+    clear = page.locator(f"#{elem_id} button[aria-label=Clear]")
+    if clear.count():
+        clear.first.click()
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(str(path))
+
+
+def test_nifti_and_dicom_uploads_with_label_maps_show_dice(browser_page, tmp_path):
+    """A NIfTI source, a DICOM target (the same phantom pair) and NIfTI label maps: previews, then Dice and outlines."""
+    import SimpleITK as sitk
+    from playwright.sync_api import expect
+
+    page, outside = browser_page
+    example = {role: ROOT / "examples" / f"phantom_{role}.nii.gz" for role in ("source", "target", "source_labels", "target_labels")}
+    dicom = tmp_path / "target.dcm"
+    sitk.WriteImage(sitk.ReadImage(str(example["target"])), str(dicom))
+    _open_medical(page)
+    for elem_id, path in (("source-scan", example["source"]), ("target-scan", dicom)):
+        _upload(page, elem_id, path)
+    for elem_id, path in (("source-labels", example["source_labels"]), ("target-labels", example["target_labels"])):
+        _upload(page, elem_id, path)
+    # Each scan's slice is previewed in its image box; a 2-D scan needs no slice selector.
+    expect(page.locator("#source img").first).to_have_attribute("src", re.compile("source_slice"), timeout=30_000)
+    expect(page.locator("#target img").first).to_have_attribute("src", re.compile("target_slice"), timeout=30_000)
+    expect(page.locator("#slice-index")).to_be_hidden()
+    expect(page.locator("#target-labels")).to_contain_text("phantom_target_labels", timeout=30_000)
+    page.click("#register-btn")
+
+    expect(page.locator("#dice")).to_contain_text("label 4", timeout=120_000)
+    expect(page.locator("#summary")).to_contain_text("Dice")
+    expect(page.locator("#summary")).to_contain_text("mm")
+    before, after = map(float, re.search(r"mean\s+([\d.]+)\s+([\d.]+)", page.locator("#dice").inner_text()).groups())
+    assert after > before + 0.05, (before, after)
+    expect(page.locator("#contours img").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#files")).to_contain_text("warped_labels")
+    assert outside == [], f"the page tried to reach the network: {outside[:3]}"
+
+
+def test_a_volume_shows_the_slice_selector(browser_page):
+    from playwright.sync_api import expect
+
+    page, _ = browser_page
+    _open_medical(page)
+    for role in ("source", "target"):
+        _upload(page, f"{role}-scan", ROOT / "examples" / f"phantom3d_{role}.nii.gz")
+        _upload(page, f"{role}-labels", ROOT / "examples" / f"phantom3d_{role}_labels.nii.gz")
+    expect(page.locator("#slice-index")).to_be_visible(timeout=30_000)
+    expect(page.locator("#slice-index input[type=number]")).to_have_value("6", timeout=30_000)  # the middle of 12 slices
+    page.locator("#slice-axis").get_by_text("y", exact=True).click()  # a y slice: 12 rows of 128
+    expect(page.locator("#slice-index input[type=number]")).to_have_value("64", timeout=30_000)
+    page.click("#register-btn")
+    expect(page.locator("#summary")).to_contain_text("slice y=64 of 0..127", timeout=120_000)
+
+
 @pytest.mark.parametrize("required", [True, False])
 def test_missing_browser_skips_or_fails(monkeypatch, required):
     """Without a browser: a skip locally, a failure when REGCORE_REQUIRE_BROWSER=1 (as in CI)."""

@@ -9,15 +9,17 @@ import pytest
 import torch
 
 import regcore
+from benchmarks import sets
 from regcore import cli
 from regcore.checkpoints import load_model, save_model
-from regcore.data import PHOTO_NAMES, load_photo, photo_pairs
+from regcore.data import BUNDLED_PHOTOS, load_photo, photo_pairs
 from regcore.errors import CheckpointError, RegcoreError
 from regcore.io import load_image
 from regcore.metrics import endpoint_error
 from regcore.nets import RegNet
 from regcore.pipeline import MIN_SIDE
 from regcore.warp import resize_flow, resize_image
+from webapp import learn_tab
 
 
 def _register_stored_as(dtype: type, top: int, method: str) -> float:
@@ -95,8 +97,12 @@ def test_a_hub_model_is_fetched_only_with_the_hf_prefix(photo, tmp_path, monkeyp
 def test_load_photo_takes_only_its_documented_names(name, no_network):
     with pytest.raises(RegcoreError) as info:
         load_photo(name, 32)
-    assert str(info.value) == f"unknown photograph {name!r}; choose one of {', '.join(PHOTO_NAMES)}"
+    assert str(info.value) == f"unknown photograph {name!r}; choose one of {', '.join(BUNDLED_PHOTOS)}"
     assert load_photo("camera", 32).shape == (32, 32)
+
+
+def test_every_photograph_the_project_uses_is_one_load_photo_takes():
+    assert set(sets.TUNING_NAMES) <= set(BUNDLED_PHOTOS) and set(learn_tab.LEARN_PHOTOS) <= set(BUNDLED_PHOTOS)
 
 
 # --- sizes -------------------------------------------------------------------------------------

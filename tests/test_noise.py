@@ -36,8 +36,8 @@ def test_noisy_pairs_are_smoothed_for_the_refinement_and_registered_better():
     auto, off = [], []
     for i in range(3):
         source, target = _noisy(pairs.source[i, 0].numpy(), 0.03, 2 * i), _noisy(pairs.target[i, 0].numpy(), 0.03, 2 * i + 1)
-        smoothed = regcore.register(source, target)
-        plain = regcore.register(source, target, presmooth="off")
+        smoothed = regcore.register(source, target, method="net+refine")
+        plain = regcore.register(source, target, method="net+refine", presmooth="off")
         assert any("look noisy" in n for n in smoothed.notes) and not any("look noisy" in n for n in plain.notes)
         assert np.array_equal(smoothed.source, source)  # warped and scores use the images as given
         auto.append(endpoint_error(smoothed.flow, pairs.flow[i].numpy(), 12))
@@ -48,10 +48,10 @@ def test_noisy_pairs_are_smoothed_for_the_refinement_and_registered_better():
 def test_clean_pairs_are_registered_as_they_are():
     pairs = photo_pairs(96, 6.0, seed=32, names=("camera",))
     source, target = pairs.source[0, 0].numpy(), pairs.target[0, 0].numpy()
-    auto = regcore.register(source, target, refine_steps=5)
+    auto = regcore.register(source, target, method="net+refine", refine_steps=5)
     assert not any("look noisy" in n for n in auto.notes)
-    assert np.array_equal(auto.flow, regcore.register(source, target, refine_steps=5, presmooth="off").flow)
-    assert not np.array_equal(auto.flow, regcore.register(source, target, refine_steps=5, presmooth="on").flow)
+    assert np.array_equal(auto.flow, regcore.register(source, target, method="net+refine", refine_steps=5, presmooth="off").flow)
+    assert not np.array_equal(auto.flow, regcore.register(source, target, method="net+refine", refine_steps=5, presmooth="on").flow)
 
 
 def test_unknown_presmooth_is_refused(photo):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from regcore.checkpoints import load_model
-from regcore.data import make_batch, photo_pairs, random_fields
+from regcore.data import label_images, label_maps, make_batch, paint_labels, photo_pairs, random_fields
 from regcore.nets import RegNet
 from regcore.training import LossConfig, compute_loss, load_state, lr_factor, make_losses, save_state
 from regcore.warp import warp
@@ -26,6 +26,19 @@ def test_generator_is_seeded_and_consistent():
     assert torch.allclose(warp(a.source, a.flow), a.target, atol=1e-6)  # the known field explains the pair
     c = make_batch(3, (40, 48), 5.0, torch.Generator().manual_seed(2))
     assert not torch.equal(a.source, c.source)
+
+
+def test_label_images_paint_the_label_maps_of_the_same_random_stream():
+    images = label_images(3, (40, 48), torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    maps, labels = label_maps(3, (40, 48), g)
+    assert maps.shape == (3, 1, 40, 48) and maps.dtype == torch.int64 and 0 <= int(maps.min()) <= int(maps.max()) < labels
+    assert torch.equal(paint_labels(maps, labels, g), images)
+    # Values label_images gave before label_maps was split out of it: seeded data stays what it was.
+    assert labels == 5 and int(maps.sum()) == 10663
+    assert float(images.double().sum()) == pytest.approx(2062.72376, rel=1e-6)
+    assert float(images[0, 0, 5, 7]) == pytest.approx(0.0332642, abs=1e-6)
+    assert float(images[2, 0, 30, 40]) == pytest.approx(0.7360430, abs=1e-6)
 
 
 def test_field_magnitudes_respect_the_limit():

@@ -25,7 +25,9 @@ HEADER = """# regcore: 2-D deformable image registration
 Give a **source** (the image to move) and a **target**; a UNet predicts a displacement field that
 warps the source onto the target. Images: PNG, JPEG, TIFF, BMP, WebP; colour or gray (converted to
 gray); up to {mb} and {mp} megapixels; registered at up to 512 px on the longer side.
-The **Learn** tab shows how it works, **Compare** pits it against classical methods."""
+The **Learn** tab shows how it works, **Compare** pits it against classical methods.
+Medical scans (NIfTI, DICOM, MetaImage, NRRD; a slice of a 3-D volume) and label maps (Dice before
+and after) go in the **Medical scans** panel under the images."""
 
 
 def build_demo() -> gr.Blocks:
