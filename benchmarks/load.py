@@ -29,6 +29,7 @@ Only 127.0.0.1 is ever contacted; the server is stopped at the end whatever happ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -129,14 +130,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def folder_mb(folder: Path) -> float:
-    """Size in MiB of the files under ``folder`` (0 when it does not exist)."""
+    """Size in MiB of the files under ``folder`` (0 when it does not exist). Files and folders the
+    app deletes while we look (its cleaning) are passed over, never an error."""
     total = 0
-    for path in folder.rglob("*"):
-        try:
-            if path.is_file():
-                total += path.stat().st_size
-        except OSError:  # deleted while we looked (the app's cleaning)
-            pass
+    for root, _, names in os.walk(folder, onerror=lambda err: None):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
     return total / 2**20
 
 

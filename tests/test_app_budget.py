@@ -55,7 +55,7 @@ def test_loading_the_page_takes_no_worker_and_its_pair_is_computed_once(demo, mo
     (load,) = [fn for fn in demo.fns.values() if any(trigger == "load" for _, trigger in fn.targets)]
     assert not load.queue  # outside the queue: a page load never waits for, nor holds, a worker
     calls: list[tuple] = []
-    monkeypatch.setattr(learn_tab, "learn_deform", lambda *args: calls.append(args) or ("outputs", *args))
+    monkeypatch.setattr(learn_tab, "_deform", lambda *args: calls.append(args) or ("outputs", *args))
     learn_tab._first_pair_cached.cache_clear()
     first = load.fn(None)
     assert load.fn(None) is first and len(calls) == 1
@@ -120,3 +120,12 @@ def test_live_training_stops_and_says_so_when_its_budget_is_spent(monkeypatch):
     updates = list(learn_tab.learn_train(600, "hybrid", progress=_NoProgress()))
     assert len(updates) == 1  # the first step, then the stop
     assert "stopped: live training is limited to" in updates[-1][2]
+
+
+def test_pictures_are_returned_as_files_of_their_own(outputs_here):
+    """Handed the same array twice at once, Gradio writes one file by content in place, and a client
+    could fetch it half-written (the load test saw it on /deform): each request gets its own files."""
+    first, second = (learn_tab.learn_deform("camera", 6, 4, 0, None) for _ in range(2))
+    assert first[0] != second[0] and first[1] != second[1]
+    for path in (*first[:2], *second[:2]):
+        assert Path(path).is_relative_to(outputs_here) and Image.open(path).size == (learn_tab.LEARN_SIZE,) * 2

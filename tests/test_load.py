@@ -7,6 +7,7 @@ crash), and the server must keep serving afterwards.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -66,3 +67,22 @@ def test_the_mix_names_endpoints_and_weights():
     for bad in ("bogus=1", "register=-1", "register=0", ""):
         with pytest.raises(ValueError):
             load.parse_mix(bad)
+
+
+def test_the_temporary_folder_is_measured_while_files_come_and_go(tmp_path, monkeypatch):
+    """The sampler walked the server's temporary folder while the app deleted old results: a folder
+    vanishing mid-walk stopped it (and the RSS samples) halfway through a 10-minute run."""
+    load = _load_module()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.bin").write_bytes(b"x" * 2**20)
+    (tmp_path / "b").mkdir()  # listed, then gone when the walk reads it
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == tmp_path / "b":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert load.folder_mb(tmp_path) == 1.0
+    assert load.folder_mb(tmp_path / "missing") == 0.0

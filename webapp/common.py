@@ -35,6 +35,7 @@ __all__ = [
     "UploadedImage",
     "fast_png",
     "output_dir",
+    "picture_files",
     "round_sig",
     "user_errors",
 ]
@@ -145,6 +146,17 @@ def fast_png(path: Path, image: np.ndarray) -> str:
     """Write ``(H, W)`` in [0, 1] or ``(H, W, 3)`` uint8 as a PNG with fast compression; returns the path."""
     Image.fromarray(image if image.dtype == np.uint8 else to_uint8(image)).save(path, compress_level=1)
     return str(path)
+
+
+def picture_files(pictures: dict[str, np.ndarray], out: Path | None = None) -> dict[str, str]:
+    """Each picture as a PNG of its own (:func:`fast_png`) in ``out`` (default: a fresh :func:`output_dir`).
+
+    Handed arrays, Gradio writes each to a file named by its content, in place: two requests
+    returning the same picture at once (the same photograph, a deterministic result) write one
+    file together, and a client could fetch it half-written.
+    """
+    out = output_dir() if out is None else out
+    return {name: fast_png(out / f"{name}.png", image) for name, image in pictures.items()}
 
 
 def round_sig(value: float | None, digits: int = 4) -> float | None:

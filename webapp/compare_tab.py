@@ -11,7 +11,7 @@ import gradio as gr
 from regcore.pipeline import METHODS
 
 from . import compute
-from .common import HEAVY, Budget, round_sig, user_errors
+from .common import HEAVY, Budget, picture_files, round_sig, user_errors
 
 __all__ = ["build_compare_tab", "compare"]
 
@@ -25,7 +25,8 @@ def compare(source: str | None, target: str | None, model: str | None = None, pr
         results = compute.compare_methods(
             source, target, model or None, progress=lambda m: progress(None, desc=f"running {m}"), timeout_s=budget.remaining()
         )
-    gallery = [(results[0].target, "target")] + [(r.warped, f"{r.method}: {r.time_s:.2f} s") for r in results]
+    files = picture_files({"target": results[0].target} | {f"warped_{i}": r.warped for i, r in enumerate(results)})
+    gallery = [(files["target"], "target")] + [(files[f"warped_{i}"], f"{r.method}: {r.time_s:.2f} s") for i, r in enumerate(results)]
     keys = ("mse", "ncc", "local_ncc", "folding_percent", "jacobian_min")
     rows = [[r.method, round_sig(r.time_s), *(round_sig(r.after[k]) for k in keys)] for r in results]
     before = results[0].before  # every method started from the same pair

@@ -17,7 +17,7 @@ import regcore
 from regcore import viz
 
 from . import common, compute
-from .common import HEAVY, Budget, user_errors
+from .common import HEAVY, Budget, output_dir, picture_files, user_errors
 
 __all__ = [
     "LEARN_PHOTOS",
@@ -50,6 +50,13 @@ STEP_TEXT = {
 
 def learn_deform(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
     """Deform a photograph by a known random field, let the network recover it, compare the fields."""
+    source, target, figure, text, pair = _deform(photo, magnitude, smoothness, seed, model)
+    files = picture_files({"source": source, "target": target})
+    return files["source"], files["target"], figure, text, pair
+
+
+def _deform(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
+    """:func:`learn_deform`'s outputs with the images as arrays."""
     budget = Budget()
     with user_errors():
         source, target, true_flow = compute.deform_photo(photo, LEARN_SIZE, magnitude, smoothness, int(seed))
@@ -74,7 +81,7 @@ _first_pairs_lock = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _first_pair_cached(photo: str, magnitude: float, smoothness: float, seed: float, model: str | None):
-    return learn_deform(photo, magnitude, smoothness, seed, model)
+    return _deform(photo, magnitude, smoothness, seed, model)
 
 
 def first_pair(model: str | None):
@@ -122,6 +129,7 @@ def learn_train(steps: float, recipe: str, progress: gr.Progress = gr.Progress()
     Training stops, and the status says so, once :data:`webapp.common.TRAIN_TIMEOUT_S` has passed.
     """
     budget = Budget(common.TRAIN_TIMEOUT_S)
+    out = output_dir()
     with user_errors():
         for update in compute.train_live(steps=int(steps), recipe=recipe, should_stop=budget.expired):
             progress((update.step, update.total), desc="training")
@@ -129,7 +137,8 @@ def learn_train(steps: float, recipe: str, progress: gr.Progress = gr.Progress()
                 range(1, update.step + 1), update.losses, extra={"EPE on the photo (px)": (update.epe_steps, update.epe)}
             )
             difference = viz.difference_image(update.warped, update.target)
-            sample = viz.image_strip([update.source, update.target, update.warped, difference], zoom=4)
+            strip = viz.image_strip([update.source, update.target, update.warped, difference], zoom=4)
+            sample = picture_files({f"sample_{update.step}": strip}, out)[f"sample_{update.step}"]
             rate = update.step / max(update.seconds, 1e-9)
             status = (
                 f"step {update.step}/{update.total} · loss {update.losses[-1]:.4f} · endpoint error on the photo "
