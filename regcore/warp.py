@@ -31,15 +31,27 @@ def identity_grid(size: tuple[int, int], device=None, dtype=torch.float32) -> Te
     return torch.stack(torch.meshgrid(rows, cols, indexing="ij"))
 
 
-@functools.lru_cache(maxsize=32)
+#: Sampling grids of images up to this many pixels are kept (at most 32 of them, 2 MB each at
+#: 512²): the sizes registration works at. A larger one (a 4096² warp is a 134 MB grid) is made
+#: when needed and freed after, so that a long-running process does not hold it for good.
+CACHED_GRID_PIXELS = 512 * 512
+
+
 def _sampling_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """``grid_sample``'s coordinates of every pixel of an ``h × w`` image: ``(1, H, W, 2)`` as (x, y) in [-1, 1]."""
+    return (_cached_grid if h * w <= CACHED_GRID_PIXELS else _grid)(h, w, device, dtype)
+
+
+def _grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     # A normal tensor even when first asked for in inference mode: cached, it may later meet autograd.
     with torch.inference_mode(False):
         # Pixel index p maps to 2 p / (size - 1) - 1; a size-1 axis maps to -1 (its only pixel).
         ys = torch.arange(h, device=device, dtype=dtype) * (2.0 / max(h - 1, 1)) - 1.0
         xs = torch.arange(w, device=device, dtype=dtype) * (2.0 / max(w - 1, 1)) - 1.0
         return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+
+
+_cached_grid = functools.lru_cache(maxsize=32)(_grid)
 
 
 def warp(image: Tensor, flow: Tensor, mode: str = "bilinear", padding_mode: str = "border") -> Tensor:
