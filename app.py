@@ -40,8 +40,8 @@ def launch(host: str | None = None, port: int | None = None, **kwargs):
     """
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    steady_memory()  # flat under load: one malloc arena per core, freed heap pages given back (webapp/process.py)
     first_pair(default_model_name())  # the page-load pair, and the default model loaded, before the first visitor
+    steady_memory()  # flat under load: start-up frozen for the GC, one malloc arena per core, free pages given back
     return demo.launch(server_name=host, server_port=port, **{**launch_options(), **kwargs})
 
 

@@ -8,14 +8,22 @@ eight per core), where freed space is fragmented and kept. Fixing the threshold 
 those buffers back, but every megabyte-sized tensor of an optimisation would then be mapped and
 faulted in afresh (a registration ran several times slower). Instead :func:`steady_memory` keeps
 as many arenas as there are cores and asks glibc every few seconds to give back the free pages of
-all its heaps (``malloc_trim``, milliseconds). The load test's results (``benchmarks/results/``)
-show the server's RSS after warm-up.
+all its heaps (``malloc_trim``, milliseconds).
+
+The rest was Python's: each request leaves reference cycles behind (plotly defines a class inside
+a helper it calls for every property set, ~340 classes per ``/register``, each a cycle), which
+only a full collection frees, and full collections were rare and slow because they scanned the
+~480,000 objects of the loaded libraries and model each time. :func:`steady_memory` freezes what
+exists at start-up (``gc.freeze``: never scanned again), after which Python's full collections run
+every few requests in milliseconds, and collects once more before each trim. The load test's
+results (``benchmarks/results/``) show the server's RSS after warm-up.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import threading
 
@@ -45,11 +53,15 @@ def trim() -> bool:
 
 
 def steady_memory(arenas: int | None = None, every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
-    """At most ``arenas`` malloc arenas (default: one per core), and :func:`trim` every ``every_s`` seconds
-    in a daemon thread (returned). None, and nothing changed, where the C library is not glibc.
+    """Freeze what Python holds now (``gc.freeze``), allow at most ``arenas`` malloc arenas (default:
+    one per core), and collect and :func:`trim` every ``every_s`` seconds in a daemon thread
+    (returned). Without glibc only the freeze is done, and None returned.
 
-    Call it before the server's worker threads start: arenas already made stay.
+    Call it once start-up is done (libraries imported, model loaded) and before the server's worker
+    threads start: arenas already made stay.
     """
+    gc.collect()
+    gc.freeze()
     libc = _glibc()
     if libc is None:
         return None
@@ -58,6 +70,7 @@ def steady_memory(arenas: int | None = None, every_s: float = TRIM_EVERY_S) -> t
 
     def loop() -> None:
         while not stop.wait(every_s):
+            gc.collect()
             libc.malloc_trim(0)
 
     thread = threading.Thread(target=loop, name="regcore-malloc-trim", daemon=True)
