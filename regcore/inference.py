@@ -164,6 +164,9 @@ def onnx_session(net: RegNet, threads: int | None = None):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            # ONNX Runtime's threads otherwise spin after each pass, taking the cores from the
+            # PyTorch work that follows (the Lucas-Kanade pyramid) and from other requests.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = _verified_session(net, options)
         except Exception as err:  # any exporter/runtime problem: PyTorch still works
             warnings.warn(f"ONNX Runtime unavailable for this model, using PyTorch ({type(err).__name__}: {err})", stacklevel=2)

@@ -76,7 +76,7 @@ class Level(NamedTuple):
 
 #: :func:`polish`'s default pyramid, coarse to fine: down to 16 px blocks, so that a motion of 15% of
 #: the side is a couple of pixels on the coarsest level; levels under :data:`MIN_LEVEL` are skipped.
-SCHEDULE: tuple[Level, ...] = (Level(16, 4), Level(8, 4), Level(4, 4), Level(2, 4), Level(1, 3))
+SCHEDULE: tuple[Level, ...] = (Level(16, 4), Level(8, 4), Level(4, 4), Level(2, 4), Level(1, 4))
 #: Levels whose shorter side is under this (px) are skipped: too little image is left to say
 #: anything (a periodic texture such as brick aliases there), and the network has already given
 #: the coarse motion.
