@@ -51,8 +51,10 @@ __all__ = [
 
 #: Side (pixels) of the least-squares window of the Lucas–Kanade step.
 LK_WIN = 7
-#: Side (pixels) of the window over which each image is normalised to zero mean and unit std.
-NORM_WIN = 7
+#: Side (pixels) of the window over which each image is normalised to zero mean and unit std. Small,
+#: so that a non-linear change of contrast (gamma, sigmoid) is nearly affine inside it: 5 px rather
+#: than 7 cut the error on the tuning pairs by 4-20% (sigmoid contrast 0.187 -> 0.148 px at 128²).
+NORM_WIN = 5
 #: ``eps`` of :func:`local_normalise` (intensity², images in [0, 1]): the variance below which a
 #: window's contrast is no longer stretched to unit std (faint texture still counts; noise in
 #: truly flat windows stays small).
