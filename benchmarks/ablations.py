@@ -1,0 +1,155 @@
+"""Ablations of the default path's Lucas–Kanade pyramid, on the tuning pairs only.
+
+``python -m benchmarks.ablations`` takes each tuning set (:func:`benchmarks.sets.tuning_sets`:
+images and seeds the benchmark never uses), computes the network's field once per pair
+(``register(method="net", polish=False)``), then runs :func:`regcore.polish.polish` from it with
+the defaults and with one parameter changed at a time, and writes the mean endpoint error and
+median time of each variant to ``benchmarks/results/tuning/ablations.md`` (and ``.csv``). This is
+where the pyramid's parameters were chosen; the benchmark itself never tunes.
+
+Times are per pair, the network's pass included, each library at its default threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import regcore
+from regcore.polish import LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
+
+from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
+from .suite import machine_description, score
+
+#: The sets ablated (contrast-inverted pairs are left out: register() inverts their target first).
+SETS = (
+    "photo128",
+    "photo256",
+    "photo128-large",
+    "photo256-large",
+    "photo128-layered",
+    "photo256-layered",
+    "photo128-gamma",
+    "photo128-sigmoid",
+)
+
+#: name -> keyword arguments of :func:`regcore.polish.polish` (None: the network's field alone).
+VARIANTS: dict[str, dict | None] = {
+    "network alone (polish=False)": None,
+    "pyramid, defaults": {},
+    "normalisation window 7 (was the default)": {"norm_win": 7},
+    "normalisation window 9": {"norm_win": 9},
+    f"least-squares window 9 (default {LK_WIN})": {"win": 9},
+    f"no wide averaging (spread 0, default {SPREAD:g})": {"spread": 0.0},
+    "no 16 px level": {"schedule": SCHEDULE[1:]},
+    "3 steps at full resolution (was the default)": {"schedule": (*SCHEDULE[:-1], Level(1, 3))},
+    "one step at full resolution only (the first polish)": {"schedule": (Level(1, 1),)},
+}
+
+
+def _timed(fn: Callable[..., np.ndarray], *args, **kwargs) -> tuple[np.ndarray, float]:
+    """``fn(*args, **kwargs)`` and the seconds it took."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _field(source: np.ndarray, target: np.ndarray, **options) -> np.ndarray:
+    return regcore.register(source, target, **options).flow
+
+
+def _polished(source: np.ndarray, target: np.ndarray, start: np.ndarray, **options) -> np.ndarray:
+    with torch.inference_mode():
+        images = (torch.from_numpy(image)[None, None] for image in (source, target))
+        return polish(*images, torch.from_numpy(start)[None], **options)[0].numpy()
+
+
+def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
+    """One row per (set, variant): mean EPE (px), mean folding (%), median time per pair (s)."""
+    specs = tuning_sets(EVAL_SETS)
+    rows = []
+    for set_name in set_names:
+        found: dict[str, list[tuple[dict, float]]] = {name: [] for name in ("register() default", *VARIANTS, "dis-fine")}
+        for pair in build_pairs(specs[set_name], pairs):
+            images = (pair.source, pair.target)
+            default, seconds = _timed(_field, *images, method="net")
+            found["register() default"].append((score(pair, default), seconds))
+            peer, seconds = _timed(_field, *images, method="dis-fine", polarity="keep")
+            found["dis-fine"].append((score(pair, peer), seconds))
+            start, net_seconds = _timed(_field, *images, method="net", polish=False)
+            for name, options in VARIANTS.items():
+                if options is None:
+                    found[name].append((score(pair, start), net_seconds))
+                    continue
+                flow, seconds = _timed(_polished, *images, start, **options)
+                found[name].append((score(pair, flow), net_seconds + seconds))
+        for name, results in found.items():
+            rows.append(
+                {
+                    "set": set_name,
+                    "variant": name,
+                    "epe_mean": float(np.mean([s["epe"] for s, _ in results])),
+                    "folding_percent": float(np.mean([s["folding_percent"] for s, _ in results])),
+                    "time_s": statistics.median(t for _, t in results),
+                    "pairs": len(results),
+                }
+            )
+            print(f"{set_name:18s} {name:55s} EPE {rows[-1]['epe_mean']:.3f}", flush=True)
+    return rows
+
+
+def write(rows: list[dict], out: Path, command: str) -> Path:
+    """``ablations.md`` and ``ablations.csv`` in ``out``; returns the markdown's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    specs = tuning_sets(EVAL_SETS)
+    lines = [
+        "# Ablations of the Lucas–Kanade pyramid (tuning pairs)",
+        "",
+        f"Written by `{command}` (`benchmarks/ablations.py`). Machine: {machine_description()}.",
+        f"Defaults: `SCHEDULE` = {[tuple(level) for level in SCHEDULE]} (block size, steps), `NORM_WIN` = {NORM_WIN}, "
+        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}. Each variant changes one of them and starts from the same network field;",
+        "`register() default` is the whole default path, `dis-fine` OpenCV's DIS at its fine setting, for reference.",
+        "EPE: mean over pairs of the interior endpoint error (px); time: median per pair, the network's pass included.",
+        "",
+    ]
+    for set_name in dict.fromkeys(r["set"] for r in rows):
+        set_rows = [r for r in rows if r["set"] == set_name]
+        lines += [
+            f"## {set_name}: {describe(specs[set_name])} ({set_rows[0]['pairs']} pairs)",
+            "",
+            "| variant | EPE (px) | folding % | time (ms) |",
+            "|---|---|---|---|",
+            *(f"| {r['variant']} | {r['epe_mean']:.3f} | {r['folding_percent']:.3f} | {1000 * r['time_s']:.1f} |" for r in set_rows),
+            "",
+        ]
+    path = out / "ablations.md"
+    path.write_text("\n".join(lines))
+    header = "set,variant,epe_mean,folding_percent,time_s,pairs"
+    csv = [header]
+    for r in rows:
+        csv.append(f'{r["set"]},"{r["variant"]}",{r["epe_mean"]:.4f},{r["folding_percent"]:.4f},{r["time_s"]:.5f},{r["pairs"]}')
+    (out / "ablations.csv").write_text("\n".join(csv) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS), help="tuning sets to ablate on")
+    parser.add_argument("--pairs", type=int, default=None, help="at most this many pairs per set")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tuning"), help="output folder")
+    args = parser.parse_args(argv)
+    command = " ".join(["python -m benchmarks.ablations", *(sys.argv[1:] if argv is None else argv)])
+    path = write(run(tuple(args.sets), args.pairs), args.out, command)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
