@@ -17,8 +17,8 @@ error of a row that failed.
   the network (``net``, ``net+refine``), the pairs of a batch that have the same working size go
   through the network in one batched pass, and the rest of each method (polish, optimisation) runs
   per pair. Each pair's ``time_s`` includes its share of the batched pass. On a CPU the batched
-  pass is a little cheaper per pair with ONNX Runtime, but the per-pair work dominates, so end to end
-  it is not measurable (``python -m benchmarks.many``: ``benchmarks/results/many.md``).
+  pass is cheaper per pair with ONNX Runtime, but the per-pair work dominates, so end to end it
+  gains little (``python -m benchmarks.many``: ``benchmarks/results/many.md``).
 - **Several processes or machines**: under ``torchrun`` (``WORLD_SIZE`` > 1) the pending rows are
   sharded across the ranks with ``torch.distributed`` (gloo backend, CPU): rank 0 lists the rows
   still to do and broadcasts the list, rank ``r`` takes rows ``r, r + W, r + 2W, ...`` of it (as
