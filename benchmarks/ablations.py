@@ -26,7 +26,7 @@ import regcore
 from regcore.polish import LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
-from .suite import machine_description, score
+from .suite import machine_description, score, write_csv
 
 #: The sets ablated (contrast-inverted pairs are left out: register() inverts their target first).
 SETS = (
@@ -131,11 +131,7 @@ def write(rows: list[dict], out: Path, command: str) -> Path:
         ]
     path = out / "ablations.md"
     path.write_text("\n".join(lines))
-    header = "set,variant,epe_mean,folding_percent,time_s,pairs"
-    csv = [header]
-    for r in rows:
-        csv.append(f'{r["set"]},"{r["variant"]}",{r["epe_mean"]:.4f},{r["folding_percent"]:.4f},{r["time_s"]:.5f},{r["pairs"]}')
-    (out / "ablations.csv").write_text("\n".join(csv) + "\n")
+    write_csv(out / "ablations.csv", rows, ("set", "variant", "epe_mean", "folding_percent", "time_s", "pairs"))
     return path
 
 

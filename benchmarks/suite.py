@@ -65,6 +65,7 @@ __all__ = [
     "score",
     "set_threads",
     "summarise",
+    "write_csv",
     "write_outputs",
     "write_scaling",
 ]
@@ -618,7 +619,7 @@ def bar_report(summary: Sequence[dict], model: str) -> str:
     return "\n".join(lines).rstrip()
 
 
-def _write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
+def write_csv(path: Path, rows: Sequence[dict], fields: Sequence[str]) -> None:
     """``rows`` as CSV; NaN (no figure: Dice outside label sets, no TV-L1 row) is written as an empty cell."""
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
@@ -666,9 +667,9 @@ def write_outputs(
     paths.files["markdown"] = out / "results.md"
     paths.files["markdown"].write_text("\n".join(parts))
     paths.files["csv"] = out / "results.csv"
-    _write_csv(paths.files["csv"], summary, SUMMARY_FIELDS)
+    write_csv(paths.files["csv"], summary, SUMMARY_FIELDS)
     paths.files["pairs"] = out / "pairs.csv"
-    _write_csv(
+    write_csv(
         paths.files["pairs"],
         rows,
         ("set", "pair", "method", "family", "epe", "mse", "local_ncc", "folding_percent", "jac_std", "dice", "time_s"),
@@ -835,9 +836,9 @@ def write_scaling(out_dir: str | os.PathLike, rows: Sequence[dict], throughput: 
     paths.files["markdown"] = out / "scaling.md"
     paths.files["markdown"].write_text("\n".join(lines) + "\n")
     paths.files["csv"] = out / "scaling.csv"
-    _write_csv(paths.files["csv"], rows, ("method", "size", "time_s"))
+    write_csv(paths.files["csv"], rows, ("method", "size", "time_s"))
     paths.files["throughput"] = out / "throughput.csv"
-    _write_csv(paths.files["throughput"], throughput, ("batch", "size", "pairs_per_s", "time_s"))
+    write_csv(paths.files["throughput"], throughput, ("batch", "size", "pairs_per_s", "time_s"))
     fig, axes = plt.subplots(1, 2 if throughput else 1, figsize=(11 if throughput else 5.5, 4.2), squeeze=False)
     ax = axes[0, 0]
     for m in methods:
