@@ -25,7 +25,7 @@ from regcore import viz
 from regcore.pipeline import DEFAULT_METHOD, DEFAULT_REFINE_STEPS, FALLBACK_METHOD, METHODS
 from regcore.volumes import AXES, Slicing, medical_format, scan_info
 
-from .common import HEAVY, Budget, UploadedImage, fast_png, output_dir, round_sig, user_errors
+from .common import HEAVY, Budget, UploadedImage, fast_png, output_dir, picture_files, round_sig, user_errors
 
 __all__ = ["EXAMPLES", "MEDICAL_EXAMPLES", "RegisterTab", "build_register_tab", "register_pair", "show_scans", "steps_for_method"]
 
@@ -164,7 +164,7 @@ def register_pair(
         # One picture, not a second slider: each returned file is one more download for API clients.
         "difference": viz.image_strip([viz.difference_image(src, tgt), viz.difference_image(warped, tgt)]),
     }
-    paths = {name: fast_png(out / f"{name}.png", image) for name, image in pictures.items()}
+    paths = picture_files(pictures, out)
     contours = _contours(result, out)
     budget.check("while drawing the pictures")
     figures = viz.quiver_figure(tgt, flow), viz.grid_figure(src, flow), viz.jacobian_figure(flow, jacobian=result.jacobian)
