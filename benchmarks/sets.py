@@ -35,6 +35,7 @@ from regcore.data import (
     load_photo,
     motion_fields,
     paint_labels,
+    photo_gray,
 )
 
 __all__ = [
@@ -246,16 +247,6 @@ def warp_labels(label_map: np.ndarray, flow: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _gray(name: str) -> np.ndarray:
-    """A scikit-image sample image, gray float64 in [0, 1], full size."""
-    from skimage import color, data
-
-    image = getattr(data, name)()
-    if image.ndim == 3:
-        return color.rgb2gray(image[..., :3])
-    return np.asarray(image, np.float64) / (255.0 if image.max() > 1 else 1.0)
-
-
 def tuning_photos(size: int, count: int = TUNING_COUNT) -> tuple[tuple[str, ...], np.ndarray]:
     """Photographs for tuning only: names and ``(count, size, size)`` float32 in [0, 1].
 
@@ -269,7 +260,7 @@ def tuning_photos(size: int, count: int = TUNING_COUNT) -> tuple[tuple[str, ...]
         names.append(name)
         images.append(load_photo(name, size))
     rng = np.random.default_rng(_TUNING_CROP_SEED)
-    full = {name: _gray(name) for name in TUNING_NAMES} if count > len(TUNING_NAMES) else {}
+    full = {name: photo_gray(name) for name in TUNING_NAMES} if count > len(TUNING_NAMES) else {}
     crops = 0
     while len(images) < count:
         name = TUNING_NAMES[crops % len(TUNING_NAMES)]

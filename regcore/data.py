@@ -47,6 +47,7 @@ __all__ = [
     "make_batch",
     "motion_fields",
     "paint_labels",
+    "photo_gray",
     "photo_pairs",
     "random_fields",
     "smooth_noise",
@@ -316,8 +317,8 @@ TUNING_PHOTO_NAMES = ("cell", "clock", "hubble_deep_field", "immunohistochemistr
 BUNDLED_PHOTOS = PHOTO_NAMES + TUNING_PHOTO_NAMES
 
 
-def load_photo(name: str, size: int) -> np.ndarray:
-    """A scikit-image sample photograph, gray, centre-cropped square and resized: ``(size, size)`` in [0, 1].
+def photo_gray(name: str) -> np.ndarray:
+    """A scikit-image sample photograph, gray, at its full size: ``(H, W)`` float64 in [0, 1].
 
     ``name`` is one of :data:`BUNDLED_PHOTOS` (files that ship with scikit-image); any other name is
     a :class:`~regcore.errors.RegcoreError`: ``skimage.data`` also holds functions that download
@@ -325,14 +326,20 @@ def load_photo(name: str, size: int) -> np.ndarray:
     """
     if name not in BUNDLED_PHOTOS:
         raise RegcoreError(f"unknown photograph {name!r}; choose one of {', '.join(BUNDLED_PHOTOS)}")
-    from skimage import color, data, transform
+    from skimage import color, data
 
     image = getattr(data, name)()
     if image.ndim == 3:
         image = color.rgb2gray(image[..., :3])
     image = np.asarray(image, np.float64)
-    if image.max() > 1:
-        image = image / 255.0
+    return image / 255.0 if image.max() > 1 else image
+
+
+def load_photo(name: str, size: int) -> np.ndarray:
+    """A scikit-image sample photograph (:func:`photo_gray`), centre-cropped square and resized: ``(size, size)`` in [0, 1]."""
+    from skimage import transform
+
+    image = photo_gray(name)
     h, w = image.shape
     s = min(h, w)
     image = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
