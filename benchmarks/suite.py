@@ -44,7 +44,7 @@ from regcore import pipeline
 from regcore.api import register
 from regcore.checkpoints import load_model
 from regcore.inference import network_flow
-from regcore.metrics import dice, folding_percent, image_scores, jacobian_determinant
+from regcore.metrics import dice, image_scores, jacobian_determinant, jacobian_summary
 from regcore.warp import warp
 
 from .sets import EvalSet, Pair, build_pairs, describe, warp_labels
@@ -385,12 +385,13 @@ def score(pair: Pair, flow: np.ndarray) -> dict[str, float]:
         warped = warp(torch.from_numpy(pair.source)[None, None], torch.from_numpy(flow)[None])[0, 0].numpy()
     scores = image_scores(warped, pair.target)
     error = np.sqrt(((flow.astype(np.float64) - pair.flow) ** 2).sum(axis=0))
+    jacobian = jacobian_determinant(flow)
     return {
         "epe": float(error[epe_mask(pair.flow, pair.valid)].mean()),
         "mse": scores["mse"],
         "local_ncc": scores["local_ncc"],
-        "folding_percent": folding_percent(flow),
-        "jac_std": float(jacobian_determinant(flow).std()),
+        "folding_percent": jacobian_summary(jacobian)["folding_percent"],
+        "jac_std": float(jacobian.std()),
         "dice": label_dice(*pair.labels, flow) if pair.labels else math.nan,
     }
 
