@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import regcore
-from regcore.polish import LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
+from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
 from .suite import machine_description, score, write_csv
@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict | None] = {
     f"least-squares window 9 (default {LK_WIN})": {"win": 9},
     f"no wide averaging (spread 0, default {SPREAD:g})": {"spread": 0.0},
     "no 16 px level": {"schedule": SCHEDULE[1:]},
+    "no zero-start hypothesis (fuse_level None)": {"fuse_level": None},
+    "zero-start hypothesis fused at full resolution": {"fuse_level": 1},
     "3 steps at full resolution (was the default)": {"schedule": (*SCHEDULE[:-1], Level(1, 3))},
     "one step at full resolution only (the first polish)": {"schedule": (Level(1, 1),)},
 }
@@ -114,7 +116,8 @@ def write(rows: list[dict], out: Path, command: str) -> Path:
         "",
         f"Written by `{command}` (`benchmarks/ablations.py`). Machine: {machine_description()}.",
         f"Defaults: `SCHEDULE` = {[tuple(level) for level in SCHEDULE]} (block size, steps), `NORM_WIN` = {NORM_WIN}, "
-        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}. Each variant changes one of them and starts from the same network field;",
+        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `FUSE_LEVEL` = {FUSE_LEVEL}.",
+        "Each variant changes one of them and starts from the same network field;",
         "`register() default` is the whole default path, `dis-fine` OpenCV's DIS at its fine setting, for reference.",
         "EPE: mean over pairs of the interior endpoint error (px); time: median per pair, the network's pass included.",
         "",

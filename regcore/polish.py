@@ -18,8 +18,16 @@ is (normalised convolution), over two ranges: the ``win × win`` neighbours, and
 ``spread``, a neighbourhood ``SPREAD_FACTOR × 5`` times wider, so that a flat region far from any
 texture takes the motion of the textured regions around it instead of answering with noise.
 
+A start is a guess, and a smooth network can guess wrong where the motion is not smooth (an object
+moving over a background) or is ambiguous (a periodic texture moved by more than its period), and
+Lucas–Kanade only refines locally. So :func:`polish` carries a second hypothesis through the
+coarse levels, the same pyramid from a zero field with :data:`ZERO_STEPS` steps a level, and at the
+:data:`FUSE_LEVEL` level takes, pixel by pixel, the hypothesis whose warped source fits the target
+better over the surrounding window (:func:`fuse`); the finer levels then refine that one field.
+
 :func:`regcore.register` runs it after the network for ``method="net"``; what it gains is in the
-benchmark's ``net`` and ``net-raw`` rows (``benchmarks/results/results.md``).
+benchmark's ``net`` and ``net-raw`` rows (``benchmarks/results/results.md``), and what each part
+gains on the tuning pairs in ``benchmarks/results/tuning/ablations.md``.
 """
 
 from __future__ import annotations
@@ -35,14 +43,18 @@ from .filters import box_mean
 from .warp import warp
 
 __all__ = [
+    "FUSE_LEVEL",
+    "FUSE_MARGIN",
     "LK_WIN",
     "MIN_LEVEL",
     "NORM_WIN",
     "RIDGE",
     "SCHEDULE",
     "SPREAD",
+    "ZERO_STEPS",
     "Level",
     "downsample",
+    "fuse",
     "local_normalise",
     "lucas_kanade_step",
     "polish",
@@ -83,6 +95,16 @@ SCHEDULE: tuple[Level, ...] = (Level(16, 4), Level(8, 4), Level(4, 4), Level(2, 
 #: anything (a periodic texture such as brick aliases there), and the network has already given
 #: the coarse motion.
 MIN_LEVEL = 16
+#: Block size of the level where the zero-start hypothesis is fused with the start's (the first level
+#: run at or below it). At 4 px blocks both hypotheses are settled and a wrong one still costs little
+#: to replace; fusing at full resolution instead gained a little on layered motion but folded more
+#: and took 1.6x as long (tuning pairs).
+FUSE_LEVEL = 4
+#: Lucas–Kanade steps a level of the zero-start hypothesis (the start's take the schedule's).
+ZERO_STEPS = 2
+#: How much better (relative window misfit) the zero-start hypothesis must fit to replace the start's,
+#: so that where both fit alike the start's smooth field is kept and no seams are made.
+FUSE_MARGIN = 0.25
 
 
 def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -> Tensor:
@@ -190,6 +212,32 @@ def resample_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * scale
 
 
+def fuse(
+    source: Tensor, target: Tensor, flows: Sequence[Tensor], win: int = LK_WIN, norm_win: int = NORM_WIN, margin: float = FUSE_MARGIN
+) -> Tensor:
+    """Per pixel, the field of ``flows`` whose warped source best fits the target around it.
+
+    Args:
+        source, target: ``(N, 1, H, W)`` images in [0, 1].
+        flows: candidate ``(N, 2, H, W)`` fields in pixels, the preferred one first.
+        win: side (pixels) of the window over which the misfit (mean absolute difference of the
+            locally normalised images, so a change of contrast is not a misfit) is measured.
+        norm_win: local normalisation window side in pixels.
+        margin: a later candidate must fit ``1 + margin`` times better than the others to be taken.
+
+    Returns:
+        ``(N, 2, H, W)``: each pixel's vector from the candidate that fits best there.
+    """
+    return _fuse(source, _reference(target, norm_win), flows, win, norm_win, margin)
+
+
+def _fuse(source: Tensor, reference: _Reference, flows: Sequence[Tensor], win: int, norm_win: int, margin: float) -> Tensor:
+    misfit = torch.cat([box_mean((local_normalise(warp(source, flow), norm_win) - reference.image).abs(), win) for flow in flows], dim=1)
+    misfit[:, 1:] *= 1 + margin
+    best = misfit.argmin(dim=1, keepdim=True)[:, :, None].expand(-1, -1, 2, -1, -1)
+    return torch.take_along_dim(torch.stack(tuple(flows), dim=1), best, dim=1)[:, 0]
+
+
 def polish(
     source: Tensor,
     target: Tensor,
@@ -199,6 +247,7 @@ def polish(
     norm_win: int = NORM_WIN,
     ridge: float = RIDGE,
     spread: float = SPREAD,
+    fuse_level: int | None = FUSE_LEVEL,
 ) -> Tensor:
     """Refine ``flow`` by Lucas–Kanade steps over an image pyramid, coarse to fine.
 
@@ -211,20 +260,35 @@ def polish(
             Lucas–Kanade steps on the images averaged over ``factor × factor`` blocks. Levels
             whose shorter side is under ``MIN_LEVEL`` pixels are skipped.
         win, norm_win, ridge, spread: as in :func:`lucas_kanade_step`.
+        fuse_level: block size of the level at which a second hypothesis, the pyramid from a zero
+            field, is fused with ``flow``'s (:func:`fuse`; see the module docstring); None: ``flow``'s
+            only. Nothing to fuse when ``flow`` is None.
 
     Returns:
         ``(N, 2, H, W)`` field in pixels at the images' size.
     """
     size = tuple(source.shape[-2:])
+    # The zero-start hypothesis, or None when there is none (left to fuse).
+    zero = None if flow is None or fuse_level is None else False
     for factor, steps in schedule:
         src, tgt = downsample(source, factor), downsample(target, factor)
         level = tuple(src.shape[-2:])
         if min(level) < min(MIN_LEVEL, min(size)) or steps == 0:
             continue
-        flow = torch.zeros((source.shape[0], 2, *level), device=source.device) if flow is None else resample_flow(flow, level)
+        flow = _zeros(source, level) if flow is None else resample_flow(flow, level)
         reference = _reference(tgt, norm_win)
         for _ in range(steps):
             flow = _step(src, reference, flow, win, norm_win, ridge, True, spread)
+        if zero is not None:
+            zero = _zeros(source, level) if zero is False else resample_flow(zero, level)
+            for _ in range(ZERO_STEPS):
+                zero = _step(src, reference, zero, win, norm_win, ridge, True, spread)
+            if factor <= fuse_level:
+                flow, zero = _fuse(src, reference, (flow, zero), win, norm_win, FUSE_MARGIN), None
     if flow is None:
-        return torch.zeros((source.shape[0], 2, *size), device=source.device)
+        return _zeros(source, size)
     return resample_flow(flow, size)
+
+
+def _zeros(source: Tensor, size: tuple[int, int]) -> Tensor:
+    return torch.zeros((source.shape[0], 2, *size), device=source.device, dtype=source.dtype)

@@ -9,7 +9,7 @@ from regcore.data import load_photo, photo_pairs
 from regcore.errors import RegcoreError
 from regcore.losses import box_mean
 from regcore.metrics import endpoint_error
-from regcore.polish import NORM_EPS, downsample, local_normalise, lucas_kanade_step, polish, resample_flow
+from regcore.polish import FUSE_LEVEL, NORM_EPS, downsample, fuse, local_normalise, lucas_kanade_step, polish, resample_flow
 from regcore.warp import warp
 
 
@@ -99,3 +99,48 @@ def test_fields_move_between_levels_as_block_averages_place_pixels():
     fine = torch.stack((0.05 * rows + 1.0, -0.03 * cols))[None]
     coarse = downsample(fine, 4) / 4  # the same motion, in the coarse level's pixels
     torch.testing.assert_close(resample_flow(coarse, (64, 64))[..., 4:-4, 4:-4], fine[..., 4:-4, 4:-4], atol=1e-4, rtol=0)
+
+
+def test_fuse_takes_at_each_pixel_the_field_that_fits_there():
+    """``camera``'s target moves 3 px right in its left half and 3 px left in its right half."""
+    source = torch.from_numpy(load_photo("camera", 96))[None, None]
+    true = torch.zeros(1, 2, 96, 96)
+    true[:, 1, :, :48], true[:, 1, :, 48:] = 3.0, -3.0
+    target = warp(source, true)
+    left, right = torch.full_like(true, 0.0), torch.full_like(true, 0.0)
+    left[:, 1], right[:, 1] = 3.0, -3.0
+    fused = fuse(source, target, (left, right))
+    assert fused.shape == true.shape
+    away = torch.ones(96, 96, dtype=torch.bool)
+    away[:, 40:56] = False  # the seam, where windows straddle both motions
+    away[:8], away[-8:], away[:, :8], away[:, -8:] = False, False, False, False
+    right_answer = (fused[0] == true[0]).all(dim=0)
+    assert right_answer[away].float().mean() > 0.95
+
+
+def test_fuse_keeps_the_first_field_where_another_fits_no_better():
+    source, target, true = _shift_pair(2.0, -1.0)
+    first, second = torch.from_numpy(true)[None], torch.from_numpy(true)[None] + 0.05
+    assert torch.equal(fuse(source, target, (first, second)), first)
+
+
+def test_the_pyramid_replaces_a_start_that_got_an_object_wrong():
+    """A 48 px object moves 6 px over a still background; the start has it moving 10 px the other way (as
+    a network can match the wrong object or the wrong repeat of a texture). Lucas–Kanade from the start
+    stays near it; the zero-start hypothesis, fused in at FUSE_LEVEL, finds the object's motion."""
+    size = 128
+    background = torch.from_numpy(load_photo("camera", size))[None, None]
+    thing = torch.from_numpy(load_photo("coffee", size))[None, None]
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., 40:88, 40:88] = 1.0
+    motion = torch.zeros(1, 2, size, size)
+    motion[:, 1] = 6.0
+    seen = warp(mask, motion)
+    source, target = mask * thing + (1 - mask) * background, seen * warp(thing, motion) + (1 - seen) * background
+    true = torch.where(seen > 0.5, motion, torch.zeros_like(motion))
+    start = torch.where(seen > 0.5, -10.0 * (motion > 0), torch.zeros_like(motion))
+    inside = seen[0, 0] > 0.99
+    errors = {
+        level: float((polish(source, target, start, fuse_level=level) - true)[0].norm(dim=0)[inside].mean()) for level in (None, FUSE_LEVEL)
+    }
+    assert errors[FUSE_LEVEL] < 1.0 and errors[FUSE_LEVEL] < 0.5 * errors[None]
