@@ -51,7 +51,7 @@ VARIANTS: dict[str, dict | None] = {
     "no 16 px level": {"schedule": SCHEDULE[1:]},
     "no zero-start hypothesis (fuse_level None)": {"fuse_level": None},
     "zero-start hypothesis fused at full resolution": {"fuse_level": 1},
-    "3 steps at full resolution (was the default)": {"schedule": (*SCHEDULE[:-1], Level(1, 3))},
+    "4 steps a level (was the default)": {"schedule": tuple(Level(level.factor, 4) for level in SCHEDULE)},
     "one step at full resolution only (the first polish)": {"schedule": (Level(1, 1),)},
 }
 
