@@ -4,6 +4,8 @@ Both act on ``(N, C, H, W)`` float tensors and keep their shape; both are differ
 
 - :func:`box_mean`: the mean over a square window around each pixel (local NCC in
   :mod:`regcore.losses`, the local normalisation and Lucas–Kanade sums in :mod:`regcore.polish`).
+- :func:`gradients`: central differences along rows and columns (the Lucas–Kanade steps of
+  :mod:`regcore.polish` and the patch search of :mod:`regcore.patches`).
 - :func:`gaussian_blur`: a separable Gaussian blur with one std per image (the training images of
   :mod:`regcore.data`, the pre-smoothing of noisy pairs in :mod:`regcore.noise`).
 """
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["box_mean", "gaussian_blur"]
+__all__ = ["box_mean", "gaussian_blur", "gradients"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,3 +66,9 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     x = F.conv2d(x, k, groups=n)
     x = F.conv2d(x, k.transpose(-1, -2), groups=n)
     return x.transpose(0, 1)
+
+
+def gradients(image: Tensor) -> tuple[Tensor, Tensor]:
+    """Central differences of ``(N, 1, H, W)`` along rows and columns (edges replicated, so half the one-sided difference at the border)."""
+    p = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    return 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]), 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])

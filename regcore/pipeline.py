@@ -46,6 +46,7 @@ from .losses import global_ncc, make_similarity
 from .nets import RegNet
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
+from .patches import fuse_with_patches
 from .polish import downsample, resample_flow
 from .polish import polish as polish_flow
 from .volumes import Slicing
@@ -337,6 +338,15 @@ def polish(work: Work, flow: Tensor) -> Tensor:
         return polish_flow(work.source, work.target, flow)
 
 
+def polish_and_search(work: Work, flow: Tensor) -> Tensor:
+    """``"net+patches"``: :func:`polish`'s field fused with the patch search's (:func:`regcore.patches.fuse_with_patches`)."""
+    polished = polish(work, flow)
+    if not work.options.polish:
+        return polished
+    with torch.inference_mode():
+        return fuse_with_patches(work.source, work.target, polished)
+
+
 def _with_deadline(progress: Progress | None, options: Options, start: float) -> Progress | None:
     """Wrap ``progress`` so that the optimisation stops with a RegcoreError once ``options.timeout_s`` has passed."""
     if options.timeout_s is None:
@@ -441,6 +451,14 @@ METHODS: dict[str, Method] = {
         "one network pass at about 128 px, then a Lucas–Kanade pyramid up to full resolution (polish=False: the network's field alone)",
         net_start,
         polish,
+        network=True,
+    ),
+    "net+patches": Method(
+        "network + patches",
+        "the default's field fused pixel by pixel with a patch search's (each patch its own motion): "
+        "better on objects moving over a background and periodic textures, about 3x the time",
+        net_start,
+        polish_and_search,
         network=True,
     ),
     "net+refine": Method(

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .filters import box_mean
+from .filters import box_mean, gradients
 from .warp import warp
 
 __all__ = [
@@ -115,12 +115,6 @@ def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -
     return (image - mean) * (mean_sq - mean * mean).clamp_min(0.0).add(eps).rsqrt()
 
 
-def _gradients(image: Tensor) -> tuple[Tensor, Tensor]:
-    """Central differences of ``(N, 1, H, W)`` along rows and columns (edges replicated, so half the one-sided difference at the border)."""
-    p = F.pad(image, (1, 1, 1, 1), mode="replicate")
-    return 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]), 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])
-
-
 class _Reference(NamedTuple):
     """The target's side of every step at one level: its normalised image and that image's gradients."""
 
@@ -131,7 +125,7 @@ class _Reference(NamedTuple):
 
 def _reference(target: Tensor, norm_win: int) -> _Reference:
     image = local_normalise(target, norm_win)
-    return _Reference(image, *_gradients(image))
+    return _Reference(image, *gradients(image))
 
 
 def _average(weighted: Tensor, win: int, spread: float) -> Tensor:
@@ -149,7 +143,7 @@ def _step(
     source: Tensor, reference: _Reference, flow: Tensor, win: int, norm_win: int, ridge: float, smooth: bool, spread: float
 ) -> Tensor:
     warped = local_normalise(warp(source, flow), norm_win)
-    wy, wx = _gradients(warped)
+    wy, wx = gradients(warped)
     gy, gx = 0.5 * (wy + reference.dy), 0.5 * (wx + reference.dx)
     residual = reference.image - warped
     g = torch.cat((gx, gy), dim=1)
@@ -230,11 +224,19 @@ def fuse(
     return _fuse(source, _reference(target, norm_win), flows, win, norm_win, margin)
 
 
+def _misfit(source: Tensor, reference: _Reference, flow: Tensor, win: int, norm_win: int) -> Tensor:
+    """``(N, 1, H, W)``: mean absolute difference of the normalised warped source and target over ``win × win``."""
+    return box_mean((local_normalise(warp(source, flow), norm_win) - reference.image).abs(), win)
+
+
 def _fuse(source: Tensor, reference: _Reference, flows: Sequence[Tensor], win: int, norm_win: int, margin: float) -> Tensor:
-    misfit = torch.cat([box_mean((local_normalise(warp(source, flow), norm_win) - reference.image).abs(), win) for flow in flows], dim=1)
-    misfit[:, 1:] *= 1 + margin
-    best = misfit.argmin(dim=1, keepdim=True)[:, :, None].expand(-1, -1, 2, -1, -1)
-    return torch.take_along_dim(torch.stack(tuple(flows), dim=1), best, dim=1)[:, 0]
+    # A running minimum rather than an argmin over the stacked misfits: argmin across a few channels is slow on CPU.
+    best, fit = flows[0], _misfit(source, reference, flows[0], win, norm_win)
+    for flow in flows[1:]:
+        misfit = (1 + margin) * _misfit(source, reference, flow, win, norm_win)
+        better = misfit < fit
+        best, fit = torch.where(better, flow, best), torch.where(better, misfit, fit)
+    return best
 
 
 def polish(
