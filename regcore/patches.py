@@ -22,7 +22,7 @@ DIS optical flow does (Kroeger et al., ECCV 2016; this is regcore's own implemen
 :func:`regcore.register` uses it in ``method="net+patches"``: its field is a second hypothesis
 next to the network's polished one, and :func:`regcore.polish.fuse` takes at each pixel the one
 that fits there (``benchmarks/results/results.md``: more accurate on layered motion and periodic
-textures, at about three times the default's time).
+textures, at about twice the default's time).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ __all__ = ["FACTORS", "FINE_STRIDE", "FUSE_WIN", "ITERATIONS", "PATCH", "STRIDE"
 PATCH = 8
 #: Pixels between neighbouring patches on the coarse levels (each pixel in ``(PATCH / STRIDE)²`` patches).
 STRIDE = 4
-#: ... and on the two finest levels, where patches are most numerous (less overlap: a third of the
-#: cost of :data:`STRIDE` for a few % of accuracy on the tuning pairs).
+#: ... and on the two finest levels, where patches are most numerous (less overlap: less than half
+#: the search's time at :data:`STRIDE`, and no less accurate on the tuning pairs).
 FINE_STRIDE = 6
 #: Gauss–Newton steps per patch after each propagation round.
 ITERATIONS = 6

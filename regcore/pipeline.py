@@ -456,7 +456,7 @@ METHODS: dict[str, Method] = {
     "net+patches": Method(
         "network + patches",
         "the default's field fused pixel by pixel with a patch search's (each patch its own motion): "
-        "better on objects moving over a background and periodic textures, about 3x the time",
+        "better on objects moving over a background and periodic textures, about 2x the time",
         net_start,
         polish_and_search,
         network=True,
