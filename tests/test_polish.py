@@ -144,3 +144,14 @@ def test_the_pyramid_replaces_a_start_that_got_an_object_wrong():
         level: float((polish(source, target, start, fuse_level=level) - true)[0].norm(dim=0)[inside].mean()) for level in (None, FUSE_LEVEL)
     }
     assert errors[FUSE_LEVEL] < 1.0 and errors[FUSE_LEVEL] < 0.5 * errors[None]
+
+
+def test_a_batch_is_polished_as_its_pairs_are_one_by_one():
+    """The zero-start hypothesis rides in the same batch as the start's until it is fused: pairs must not mix."""
+    first, target_first, _ = _shift_pair(3.0, -2.0, size=128)
+    second = torch.from_numpy(load_photo("moon", 128))[None, None]
+    target_second = torch.roll(second, 5, dims=-2)
+    starts = torch.randn(2, 2, 8, 8)
+    batch = polish(torch.cat((first, second)), torch.cat((target_first, target_second)), starts)
+    torch.testing.assert_close(batch[:1], polish(first, target_first, starts[:1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(batch[1:], polish(second, target_second, starts[1:]), atol=1e-4, rtol=0)
