@@ -99,7 +99,7 @@ MIN_LEVEL = 16
 #: Block size of the level where the zero-start hypothesis is fused with the start's (the first level
 #: run at or below it). At 4 px blocks both hypotheses are settled and a wrong one still costs little
 #: to replace; fusing at full resolution instead gained a little on layered motion but folded more
-#: and took 1.6x as long (tuning pairs).
+#: and took up to 1.5x as long (``benchmarks/results/tuning/ablations.md``).
 FUSE_LEVEL = 4
 #: How much better (relative window misfit) the zero-start hypothesis must fit to replace the start's,
 #: so that where both fit alike the start's smooth field is kept and no seams are made.
@@ -216,7 +216,8 @@ def fuse(
         win: side (pixels) of the window over which the misfit (mean absolute difference of the
             locally normalised images, so a change of contrast is not a misfit) is measured.
         norm_win: local normalisation window side in pixels.
-        margin: a later candidate must fit ``1 + margin`` times better than the others to be taken.
+        margin: a later candidate is taken where it fits ``1 + margin`` times better than the first
+            (and better than the other later ones).
 
     Returns:
         ``(N, 2, H, W)``: each pixel's vector from the candidate that fits best there.
