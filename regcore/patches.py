@@ -148,18 +148,19 @@ def search_level(
             spread[:, 1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols].reshape(n, count, 2) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
         ]
         candidates = torch.cat((u, *neighbours), dim=1)
-        misfit = (sampled(candidates) - template.repeat(1, 5, 1)).square().mean(-1).view(n, 5, count)
-        before, best = misfit.min(dim=1)
+        residuals = sampled(candidates).view(n, 5, count, size) - template[:, None]
+        before, best = residuals.square().mean(-1).min(dim=1)
         u = candidates.view(n, 5, count, 2).gather(1, best[:, None, :, None].expand(n, 1, count, 2))[:, 0]
-        chosen = u
+        chosen, start = u, residuals.gather(1, best[:, None, :, None].expand(n, 1, count, size))[:, 0]
         for _ in range(iterations):
             residual = sampled(u) - template
             p, q = (grad_x * residual).sum(-1), (grad_y * residual).sum(-1)
             u = u - torch.stack((inv_xx * p + inv_xy * q, inv_yx * p + inv_yy * q), dim=-1)
         # Gauss-Newton can overshoot on a patch with little texture: keep the start if it fit better.
-        after = (sampled(u) - template).square().mean(-1)
-        u = torch.where((after <= before)[..., None], u, chosen)
-    weight = 1.0 / (sampled(u) - template).abs().clamp_min(FLOOR)  # (N, P, K)
+        residual = sampled(u) - template
+        kept = (residual.square().mean(-1) <= before)[..., None]
+        u, residual = torch.where(kept, u, chosen), torch.where(kept, residual, start)
+    weight = 1.0 / residual.abs().clamp_min(FLOOR)  # (N, P, K), from the final translations' residuals
     pixels = (u / layout.scale).flip(-1).transpose(1, 2)  # (N, 2, P) rows, columns
     values = torch.cat((weight[:, None] * pixels[..., None], weight[:, None]), dim=1).reshape(n, 3, count * size)
     total = torch.zeros(n, 3, h * w, device=source.device, dtype=source.dtype).index_add_(2, layout.flat, values).view(n, 3, h, w)
