@@ -3,54 +3,64 @@
 The Lucas–Kanade pyramid of :mod:`regcore.polish` averages each window's answer with its
 neighbours', which is what makes it accurate on smooth motion, and what pulls an object moving on
 its own towards its background. This module estimates motion the other way round, as OpenCV's
-DIS optical flow does (Kroeger et al., ECCV 2016; this is regcore's own implementation, in torch):
+DIS optical flow does (Kroeger et al., ECCV 2016; this is regcore's own implementation, compiled
+with numba because it is a loop over patches that each take a few cheap, data-dependent steps):
 
 1. The target is cut into ``patch × patch`` patches every ``stride`` pixels. Each patch looks for
    the translation ``u`` that makes the source, sampled at the patch's pixels moved by ``u``, match
-   it (both patches with their mean taken out, so a change of brightness is not motion): a few
-   inverse-compositional Gauss–Newton steps, whose 2×2 normal matrix, from the target's gradients,
-   is computed once (:func:`search_level`).
-2. Before those steps, each patch also tries its four neighbours' translations and keeps whichever
-   fits best (propagation): a patch that lies on an object takes the object's motion from the
-   patches beside it that found it.
+   it (both patches with their mean taken out, so a change of brightness is not motion): up to
+   ``iterations`` inverse-compositional Gauss–Newton steps, whose 2×2 normal matrix, from the
+   target's gradients, is computed once; a patch stops as soon as a step no longer lowers its
+   misfit, and keeps the best translation it has seen.
+2. Patches are visited in two sweeps, in reading order and then back (propagation): before its
+   steps, each patch also tries the translations just found by its neighbours on the side the
+   sweep comes from, and starts from whichever fits best. So a patch on an object takes the
+   object's motion from a patch that found it, however far along the sweep that one lies.
 3. The dense field is each pixel's average of the translations of the patches that cover it,
    weighted by ``1 / |residual|`` at that pixel: the patch that fits the pixel decides, so motion
    boundaries stay sharp (densification).
 4. Coarse to fine (:func:`patch_search`): the same on the images averaged over 16, 8, 4, 2 and 1
    px blocks, each level starting from the previous level's field.
 
-:func:`regcore.register` uses it in ``method="net+patches"``: its field is a second hypothesis
-next to the network's polished one, and :func:`regcore.polish.fuse` takes at each pixel the one
-that fits there (``benchmarks/results/results.md``: more accurate on layered motion and periodic
-textures, at about twice the default's time).
+:func:`regcore.register` uses it in ``method="net+patches"``: its field is a second hypothesis next
+to the network's polished one, and :func:`fuse_with_patches` takes, around each pixel, the one that
+fits there (``benchmarks/results/results.md``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from typing import NamedTuple
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from numba import njit
 from torch import Tensor
 
-from .filters import gradients
 from .polish import downsample, fuse, resample_flow
 
-__all__ = ["FACTORS", "FINE_STRIDE", "FUSE_WIN", "ITERATIONS", "PATCH", "STRIDE", "fuse_with_patches", "patch_search", "search_level"]
+__all__ = [
+    "FACTORS",
+    "FINE_STRIDE",
+    "FUSE_MARGIN",
+    "FUSE_SOFTEN",
+    "FUSE_WIN",
+    "ITERATIONS",
+    "PATCH",
+    "STRIDE",
+    "fuse_with_patches",
+    "patch_search",
+    "search_level",
+]
 
 #: Side (pixels) of a patch.
 PATCH = 8
 #: Pixels between neighbouring patches on the coarse levels (each pixel in ``(PATCH / STRIDE)²`` patches).
 STRIDE = 4
-#: ... and on the two finest levels, where patches are most numerous (less overlap: less than half
-#: the search's time at :data:`STRIDE`, and no less accurate on the tuning pairs).
+#: ... and on the two finest levels, where patches are most numerous (fewer patches: a third of the
+#: search's time at :data:`STRIDE`, and no less accurate once fused, on the tuning pairs).
 FINE_STRIDE = 6
-#: Gauss–Newton steps per patch after each propagation round.
-ITERATIONS = 6
-#: Propagation rounds per level (each followed by :data:`ITERATIONS` steps).
-ROUNDS = 2
+#: Most Gauss–Newton steps a patch takes in each sweep (it stops earlier once a step stops helping).
+ITERATIONS = 12
 #: Block sizes of the pyramid's levels, coarse to fine (levels under 16 px are skipped).
 FACTORS: tuple[int, ...] = (16, 8, 4, 2, 1)
 #: Residual (intensity, images in [0, 1]) below which a pixel's fit counts as perfect in the
@@ -61,110 +71,190 @@ RIDGE = 1e-3
 #: Levels whose shorter side is under this (px) are skipped.
 MIN_LEVEL = 16
 #: Side (pixels) of the window over which :func:`fuse_with_patches` compares the two fields' fits:
-#: wider than a patch, so that a few textureless pixels do not decide alone (15 rather than 7: 3.63 ->
-#: 3.50 px on the layered tuning pairs at 256²).
+#: wider than a patch, so that a few textureless pixels do not decide alone.
 FUSE_WIN = 15
+#: How much better the patches' field must fit to be taken (see :func:`regcore.polish.fuse`).
+FUSE_MARGIN = 0.4
+#: Side (pixels) of the box over which each pixel's choice between the two fields is averaged, so
+#: the fused field changes over a few pixels rather than at one: the seams of a hard choice folded
+#: 0.05-0.25% of the pixels of smoothly deformed tuning pairs, this 0.01-0.04%.
+FUSE_SOFTEN = 11
 
 
-class _Layout(NamedTuple):
-    """Where the patches of an ``h × w`` level lie: ``rows``, ``cols`` ``(P, K)`` pixel indices of each
-    patch's ``K = patch²`` pixels, ``grid`` ``(P, K, 2)`` the same as grid_sample's (x, y) in [-1, 1],
-    ``scale`` (2,) pixels to those units, the patch grid's ``shape`` and the flat indices ``(P·K,)``."""
-
-    rows: Tensor
-    cols: Tensor
-    grid: Tensor
-    scale: Tensor
-    shape: tuple[int, int]
-    flat: Tensor
+@njit(cache=True)
+def _origins(n: int, patch: int, stride: int) -> np.ndarray:
+    """Patch origins along an axis of ``n`` pixels: evenly spread, the last flush with the far border."""
+    count = max(1, -(-(n - patch) // stride) + 1)
+    span = max(n - patch, 0)
+    out = np.zeros(count, np.int64)
+    for i in range(1, count):
+        out[i] = round(span * i / (count - 1))
+    return out
 
 
-@functools.lru_cache(maxsize=32)
-def _layout(h: int, w: int, patch: int, stride: int, device: torch.device) -> _Layout:
-    def origins(n: int) -> Tensor:
-        # Evenly spread, the last patch flush with the far border, so every pixel is covered.
-        count = max(1, -(-(n - patch) // stride) + 1)
-        return torch.linspace(0, max(n - patch, 0), count, device=device).round().long()
-
-    top, left = origins(h), origins(w)
-    r = torch.arange(patch, device=device)
-    shape = (len(top), len(left), patch, patch)
-    rows = (top[:, None, None, None] + r[None, None, :, None]).expand(shape).reshape(-1, patch * patch)
-    cols = (left[None, :, None, None] + r[None, None, None, :]).expand(shape).reshape(-1, patch * patch)
-    scale = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], device=device)
-    grid = torch.stack((cols * scale[0] - 1, rows * scale[1] - 1), -1).float()
-    return _Layout(rows, cols, grid, scale, (len(top), len(left)), (rows * w + cols).reshape(-1))
+@njit(cache=True, fastmath=True, inline="always")
+def _bilinear(y: float, x: float) -> tuple[int, int, float, float, float, float]:
+    """The top-left pixel and the four bilinear weights of the point ``(y, x)``."""
+    fy, fx = np.floor(y), np.floor(x)
+    dy, dx = y - fy, x - fx
+    one = np.float32(1.0)
+    return int(fy), int(fx), (one - dy) * (one - dx), (one - dy) * dx, dy * (one - dx), dy * dx
 
 
-def _centred(x: Tensor) -> Tensor:
-    return x - x.mean(-1, keepdim=True)
+@njit(cache=True, fastmath=True)
+def _sums(source, target, gx, gy, top, left, uy, ux, patch):
+    """Sums over the patch at ``(top, left)`` of the source sampled there moved by ``(uy, ux)``:
+    ``Σv, Σv², Σv·target, Σv·gx, Σv·gy`` (edges repeated outside the image)."""
+    h, w = source.shape
+    iy, ix, w00, w01, w10, w11 = _bilinear(np.float32(top) + uy, np.float32(left) + ux)
+    s = s2 = st = sx = sy = np.float32(0.0)
+    inside = iy >= 0 and ix >= 0 and iy + patch < h and ix + patch < w
+    for i in range(patch):
+        y0 = iy + i if inside else min(max(iy + i, 0), h - 1)
+        y1 = y0 + 1 if inside else min(max(iy + i + 1, 0), h - 1)
+        for j in range(patch):
+            x0 = ix + j if inside else min(max(ix + j, 0), w - 1)
+            x1 = x0 + 1 if inside else min(max(ix + j + 1, 0), w - 1)
+            v = w00 * source[y0, x0] + w01 * source[y0, x1] + w10 * source[y1, x0] + w11 * source[y1, x1]
+            s += v
+            s2 += v * v
+            st += v * target[top + i, left + j]
+            sx += v * gx[top + i, left + j]
+            sy += v * gy[top + i, left + j]
+    return s, s2, st, sx, sy
+
+
+@njit(cache=True, fastmath=True)
+def _search(target, source, flow, patch, stride, iterations, floor, ridge):
+    """One level for one pair: ``target``, ``source`` ``(h, w)`` float32, ``flow`` ``(2, h, w)`` -> ``(2, h, w)``."""
+    h, w = target.shape
+    tops, lefts = _origins(h, patch, stride), _origins(w, patch, stride)
+    rows, cols = tops.size, lefts.size
+    count, size = rows * cols, np.float32(patch * patch)
+    # The target's central differences (edges repeated) and its mean squared gradient.
+    gy, gx = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+    energy = 0.0
+    for y in range(h):
+        for x in range(w):
+            gy[y, x] = np.float32(0.5) * (target[min(y + 1, h - 1), x] - target[max(y - 1, 0), x])
+            gx[y, x] = np.float32(0.5) * (target[y, min(x + 1, w - 1)] - target[y, max(x - 1, 0)])
+            energy += gy[y, x] * gy[y, x] + gx[y, x] * gx[y, x]
+    damping = np.float32(ridge * size * energy / (h * w) + 1e-9)
+    # Per patch, everything that does not depend on u: means of the target and its gradients, the
+    # centred sums Σg·t and Σt², the inverse normal matrix; and the start, the field's patch mean.
+    mean_t, mean_x, mean_y = np.empty(count, np.float32), np.empty(count, np.float32), np.empty(count, np.float32)
+    gt_x, gt_y, tt = np.empty(count, np.float32), np.empty(count, np.float32), np.empty(count, np.float32)
+    inv_xx, inv_xy, inv_yy = np.empty(count, np.float32), np.empty(count, np.float32), np.empty(count, np.float32)
+    u = np.empty((count, 2), np.float32)
+    for p in range(count):
+        top, left = tops[p // cols], lefts[p % cols]
+        st = sx = sy = a = b = c = xt = yt = t2 = fy = fx = np.float32(0.0)
+        for i in range(patch):
+            for j in range(patch):
+                t, ex, ey = target[top + i, left + j], gx[top + i, left + j], gy[top + i, left + j]
+                st += t
+                sx += ex
+                sy += ey
+                a += ex * ex
+                b += ex * ey
+                c += ey * ey
+                xt += ex * t
+                yt += ey * t
+                t2 += t * t
+                fy += flow[0, top + i, left + j]
+                fx += flow[1, top + i, left + j]
+        mean_t[p], mean_x[p], mean_y[p] = st / size, sx / size, sy / size
+        a = a - size * mean_x[p] * mean_x[p] + damping
+        b = b - size * mean_x[p] * mean_y[p]
+        c = c - size * mean_y[p] * mean_y[p] + damping
+        det = a * c - b * b
+        inv_xx[p], inv_xy[p], inv_yy[p] = c / det, -b / det, a / det
+        gt_x[p], gt_y[p] = xt - size * mean_x[p] * mean_t[p], yt - size * mean_y[p] * mean_t[p]
+        tt[p] = t2 - size * mean_t[p] * mean_t[p]
+        u[p, 0], u[p, 1] = fy / size, fx / size
+
+    for sweep in range(2):
+        for visit in range(count):
+            p = visit if sweep == 0 else count - 1 - visit
+            row, col = p // cols, p % cols
+            top, left = tops[row], lefts[col]
+            best, by, bx = np.float32(np.inf), u[p, 0], u[p, 1]
+            px = py = np.float32(0.0)
+            # Candidates: the patch's own translation, then its neighbours' on the side the sweep comes from.
+            for k in range(3):
+                if k == 0:
+                    q = p
+                elif sweep == 0:
+                    q = p - 1 if k == 1 and col > 0 else (p - cols if k == 2 and row > 0 else -1)
+                else:
+                    q = p + 1 if k == 1 and col < cols - 1 else (p + cols if k == 2 and row < rows - 1 else -1)
+                if q < 0 or (k > 0 and u[q, 0] == u[p, 0] and u[q, 1] == u[p, 1]):
+                    continue
+                cy, cx = u[q, 0], u[q, 1]
+                s, s2, st, sx, sy = _sums(source, target, gx, gy, top, left, cy, cx, patch)
+                m = s / size
+                # Σ((v - mean v) - (t - mean t))², from the sums.
+                misfit = s2 - size * m * m - 2 * (st - size * m * mean_t[p]) + tt[p]
+                if misfit < best:
+                    best, by, bx = misfit, cy, cx
+                    px, py = sx - size * m * mean_x[p] - gt_x[p], sy - size * m * mean_y[p] - gt_y[p]
+            cy, cx = by, bx
+            for _ in range(iterations):
+                cx -= inv_xx[p] * px + inv_xy[p] * py
+                cy -= inv_xy[p] * px + inv_yy[p] * py
+                s, s2, st, sx, sy = _sums(source, target, gx, gy, top, left, cy, cx, patch)
+                m = s / size
+                misfit = s2 - size * m * m - 2 * (st - size * m * mean_t[p]) + tt[p]
+                if not misfit < best:
+                    break
+                best, by, bx = misfit, cy, cx
+                px, py = sx - size * m * mean_x[p] - gt_x[p], sy - size * m * mean_y[p] - gt_y[p]
+            u[p, 0], u[p, 1] = by, bx
+
+    # Densification: each pixel's translations of the patches covering it, weighted by 1 / |residual| there.
+    total = np.zeros((h, w, 3), np.float32)
+    for p in range(count):
+        top, left = tops[p // cols], lefts[p % cols]
+        uy, ux = u[p, 0], u[p, 1]
+        s = _sums(source, target, gx, gy, top, left, uy, ux, patch)[0]
+        offset = s / size - mean_t[p]
+        iy, ix, w00, w01, w10, w11 = _bilinear(np.float32(top) + uy, np.float32(left) + ux)
+        for i in range(patch):
+            y0, y1 = min(max(iy + i, 0), h - 1), min(max(iy + i + 1, 0), h - 1)
+            for j in range(patch):
+                x0, x1 = min(max(ix + j, 0), w - 1), min(max(ix + j + 1, 0), w - 1)
+                v = w00 * source[y0, x0] + w01 * source[y0, x1] + w10 * source[y1, x0] + w11 * source[y1, x1]
+                weight = np.float32(1.0) / max(abs(v - offset - target[top + i, left + j]), np.float32(floor))
+                total[top + i, left + j, 0] += weight * uy
+                total[top + i, left + j, 1] += weight * ux
+                total[top + i, left + j, 2] += weight
+    out = np.empty((2, h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            weight = max(total[y, x, 2], np.float32(1e-12))
+            out[0, y, x], out[1, y, x] = total[y, x, 0] / weight, total[y, x, 1] / weight
+    return out
 
 
 def search_level(
-    source: Tensor,
-    target: Tensor,
-    flow: Tensor,
-    patch: int = PATCH,
-    stride: int = STRIDE,
-    iterations: int = ITERATIONS,
-    rounds: int = ROUNDS,
+    source: Tensor, target: Tensor, flow: Tensor, patch: int = PATCH, stride: int = STRIDE, iterations: int = ITERATIONS
 ) -> Tensor:
-    """One level of the patch search (steps 1-3 of the module docstring).
+    """One level of the patch search (steps 1-3 of the module docstring), pair by pair.
 
     Args:
         source, target: ``(N, 1, h, w)`` images in [0, 1].
         flow: ``(N, 2, h, w)`` starting field in pixels (channel 0 rows, 1 columns; backward warp):
             each patch starts from its mean over the patch.
         patch, stride: patch side and spacing in pixels.
-        iterations, rounds: Gauss–Newton steps per propagation round, and rounds.
+        iterations: most Gauss–Newton steps per patch and sweep.
 
     Returns:
         ``(N, 2, h, w)`` field in pixels: the patches' translations, densified.
     """
-    n, _, h, w = source.shape
-    layout = _layout(h, w, patch, stride, source.device)
-    count, size = layout.rows.shape
-    template = _centred(target[:, 0][:, layout.rows, layout.cols])  # (N, P, K)
-    gy, gx = gradients(target)
-    grad_x, grad_y = (_centred(g[:, 0][:, layout.rows, layout.cols]) for g in (gx, gy))
-    ridge = RIDGE * size * (gx.square() + gy.square()).mean(dim=(1, 2, 3))[:, None] + 1e-9
-    a, b, c = (grad_x * grad_x).sum(-1) + ridge, (grad_x * grad_y).sum(-1), (grad_y * grad_y).sum(-1) + ridge
-    det = a * c - b * b
-    # The normal matrix's inverse, in the grid's (x, y) order and units.
-    inv_xx, inv_xy, inv_yy = c / det * layout.scale[0], -b / det * layout.scale[0], a / det * layout.scale[1]
-    inv_yx = -b / det * layout.scale[1]
-    # Translations (N, P, 2) in grid units, (x, y): each patch's mean of the starting field.
-    u = flow[:, :, layout.rows, layout.cols].mean(-1).flip(1).transpose(1, 2) * layout.scale
-
-    def sampled(offsets: Tensor) -> Tensor:
-        """The source at every patch's pixels moved by ``offsets`` ``(N, c·P, 2)`` -> ``(N, c·P, K)``, centred."""
-        grid = layout.grid.repeat(offsets.shape[1] // count, 1, 1)[None] + offsets[:, :, None, :]
-        return _centred(F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0])
-
-    rows, cols = layout.shape
-    for _ in range(rounds):
-        spread = F.pad(u.view(n, rows, cols, 2).permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate").permute(0, 2, 3, 1)
-        neighbours = [
-            spread[:, 1 + dy : 1 + dy + rows, 1 + dx : 1 + dx + cols].reshape(n, count, 2) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
-        ]
-        candidates = torch.cat((u, *neighbours), dim=1)
-        residuals = sampled(candidates).view(n, 5, count, size) - template[:, None]
-        before, best = residuals.square().mean(-1).min(dim=1)
-        u = candidates.view(n, 5, count, 2).gather(1, best[:, None, :, None].expand(n, 1, count, 2))[:, 0]
-        chosen, start = u, residuals.gather(1, best[:, None, :, None].expand(n, 1, count, size))[:, 0]
-        for _ in range(iterations):
-            residual = sampled(u) - template
-            p, q = (grad_x * residual).sum(-1), (grad_y * residual).sum(-1)
-            u = u - torch.stack((inv_xx * p + inv_xy * q, inv_yx * p + inv_yy * q), dim=-1)
-        # Gauss-Newton can overshoot on a patch with little texture: keep the start if it fit better.
-        residual = sampled(u) - template
-        kept = (residual.square().mean(-1) <= before)[..., None]
-        u, residual = torch.where(kept, u, chosen), torch.where(kept, residual, start)
-    weight = 1.0 / residual.abs().clamp_min(FLOOR)  # (N, P, K), from the final translations' residuals
-    pixels = (u / layout.scale).flip(-1).transpose(1, 2)  # (N, 2, P) rows, columns
-    values = torch.cat((weight[:, None] * pixels[..., None], weight[:, None]), dim=1).reshape(n, 3, count * size)
-    total = torch.zeros(n, 3, h * w, device=source.device, dtype=source.dtype).index_add_(2, layout.flat, values).view(n, 3, h, w)
-    return total[:, :2] / total[:, 2:].clamp_min(1e-12)
+    sources, targets, flows = (x.detach().cpu().float().numpy() for x in (source[:, 0], target[:, 0], flow))
+    pairs = zip(sources, targets, flows, strict=True)
+    fields = [_search(tgt, src, field, patch, stride, iterations, FLOOR, RIDGE) for src, tgt, field in pairs]
+    return torch.from_numpy(np.stack(fields)).to(device=flow.device, dtype=flow.dtype)
 
 
 def patch_search(source: Tensor, target: Tensor, factors: Sequence[int] = FACTORS) -> Tensor:
@@ -193,8 +283,9 @@ def patch_search(source: Tensor, target: Tensor, factors: Sequence[int] = FACTOR
 
 
 def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor) -> Tensor:
-    """``flow`` fused pixel by pixel with :func:`patch_search`'s field (:func:`regcore.polish.fuse`:
-    the patches' field where it fits the target clearly better over a :data:`FUSE_WIN` window).
+    """``flow`` fused with :func:`patch_search`'s field (:func:`regcore.polish.fuse`: the patches'
+    field where it fits the target clearly better over a :data:`FUSE_WIN` window, the choice
+    softened over :data:`FUSE_SOFTEN` px).
 
     Args:
         source, target: ``(N, 1, H, W)`` images in [0, 1].
@@ -203,4 +294,4 @@ def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor) -> Tensor:
     Returns:
         ``(N, 2, H, W)`` field in pixels.
     """
-    return fuse(source, target, (flow, patch_search(source, target)), win=FUSE_WIN)
+    return fuse(source, target, (flow, patch_search(source, target)), win=FUSE_WIN, margin=FUSE_MARGIN, soften=FUSE_SOFTEN)

@@ -206,7 +206,13 @@ def resample_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def fuse(
-    source: Tensor, target: Tensor, flows: Sequence[Tensor], win: int = LK_WIN, norm_win: int = NORM_WIN, margin: float = FUSE_MARGIN
+    source: Tensor,
+    target: Tensor,
+    flows: Sequence[Tensor],
+    win: int = LK_WIN,
+    norm_win: int = NORM_WIN,
+    margin: float = FUSE_MARGIN,
+    soften: int = 1,
 ) -> Tensor:
     """Per pixel, the field of ``flows`` whose warped source best fits the target around it.
 
@@ -218,11 +224,13 @@ def fuse(
         norm_win: local normalisation window side in pixels.
         margin: a later candidate is taken where it fits ``1 + margin`` times better than the first
             (and better than the other later ones).
+        soften: side (pixels) of the box over which each choice is averaged before it is applied, so
+            that the field goes from one candidate to the other over a few pixels (1: a hard choice).
 
     Returns:
         ``(N, 2, H, W)``: each pixel's vector from the candidate that fits best there.
     """
-    return _fuse(source, _reference(target, norm_win), flows, win, norm_win, margin)
+    return _fuse(source, _reference(target, norm_win), flows, win, norm_win, margin, soften)
 
 
 def _misfit(source: Tensor, reference: _Reference, flow: Tensor, win: int, norm_win: int) -> Tensor:
@@ -230,13 +238,17 @@ def _misfit(source: Tensor, reference: _Reference, flow: Tensor, win: int, norm_
     return box_mean((local_normalise(warp(source, flow), norm_win) - reference.image).abs(), win)
 
 
-def _fuse(source: Tensor, reference: _Reference, flows: Sequence[Tensor], win: int, norm_win: int, margin: float) -> Tensor:
+def _fuse(
+    source: Tensor, reference: _Reference, flows: Sequence[Tensor], win: int, norm_win: int, margin: float, soften: int = 1
+) -> Tensor:
     # A running minimum rather than an argmin over the stacked misfits: argmin across a few channels is slow on CPU.
     best, fit = flows[0], _misfit(source, reference, flows[0], win, norm_win)
     for flow in flows[1:]:
         misfit = (1 + margin) * _misfit(source, reference, flow, win, norm_win)
         better = misfit < fit
-        best, fit = torch.where(better, flow, best), torch.where(better, misfit, fit)
+        fit = torch.where(better, misfit, fit)
+        # Softened, the choice is a weight: 1 inside a region the candidate wins, falling to 0 across its edge.
+        best = best + box_mean(better.to(best.dtype), soften) * (flow - best) if soften > 1 else torch.where(better, flow, best)
     return best
 
 
