@@ -64,7 +64,7 @@ class RegistrationResult:
 
     Attributes:
         source, target: the ``(H, W)`` float32 images as registered (target at the source's size).
-        method: ``"net"``, ``"net+refine"``, ``"optimize"`` (or another method's name).
+        method: ``"net+patches"``, ``"net"``, ``"net+refine"``, ``"optimize"`` (or another method's name).
         model: the checkpoint used, or None.
         time_s: wall time of the registration itself (loading, scaling back and scoring excluded).
         registered_flow: ``(2, h, w)`` float32 px, the field as found at the registered resolution
@@ -357,9 +357,11 @@ def register(
         source, target: numpy arrays, PIL images, file paths or file bytes (see
             :func:`regcore.io.load_image`). The target is resampled to the source's size when
             they differ, and the result is in the source's pixel grid.
-        method: a name in :data:`regcore.METHODS`: ``"net"`` (one network pass at about
-            ``NET_SIDE`` px, then a Lucas–Kanade pyramid up to full resolution, see ``polish``),
-            ``"net+refine"`` (the network's field, then ``refine_steps`` of per-pair Adam
+        method: a name in :data:`regcore.METHODS`: ``"net+patches"`` (the default: ``"net"``'s
+            field fused with a patch search's, :mod:`regcore.patches`, where that fits the target
+            clearly better: objects moving on their own, periodic textures, large motion),
+            ``"net"`` (one network pass at about ``NET_SIDE`` px, then a Lucas–Kanade pyramid up to
+            full resolution, see ``polish``), ``"net+refine"`` (the network's field, then ``refine_steps`` of per-pair Adam
             optimisation), ``"optimize"`` (optimisation only, multi-resolution, no network), or a
             classical optical flow: ``"tvl1"``, ``"ilk"`` (scikit-image), ``"dis"``,
             ``"dis-fast"``, ``"dis-fine"``, ``"farneback"`` (OpenCV; :mod:`regcore.classical`).
@@ -398,7 +400,7 @@ def register(
             window (``SMOOTH_WIN``), which keeps the field from fitting the noise (a note says
             so); clean images are compared as they are. ``"on"`` / ``"off"``: always / never.
             ``warped`` and the scores always use the images as given.
-        polish: ``"net"`` only: refine the network's field by Lucas–Kanade steps on locally
+        polish: ``"net"`` and ``"net+patches"`` only: refine the network's field by Lucas–Kanade steps on locally
             normalised images over a pyramid up to full resolution (:func:`regcore.polish.polish`),
             which corrects the network where the images are textured and catches what it missed.
             False: the network's field as it is (resampled to the images' size).

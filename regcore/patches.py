@@ -101,7 +101,7 @@ def _bilinear(y: float, x: float) -> tuple[int, int, float, float, float, float]
     return int(fy), int(fx), (one - dy) * (one - dx), (one - dy) * dx, dy * (one - dx), dy * dx
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _sums(source, target, gx, gy, top, left, uy, ux, patch):
     """Sums over the patch at ``(top, left)`` of the source sampled there moved by ``(uy, ux)``:
     ``Σv, Σv², Σv·target, Σv·gx, Σv·gy`` (edges repeated outside the image)."""
@@ -124,7 +124,7 @@ def _sums(source, target, gx, gy, top, left, uy, ux, patch):
     return s, s2, st, sx, sy
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _search(target, source, flow, patch, stride, iterations, floor, ridge):
     """One level for one pair: ``target``, ``source`` ``(h, w)`` float32, ``flow`` ``(2, h, w)`` -> ``(2, h, w)``."""
     h, w = target.shape

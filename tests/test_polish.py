@@ -118,6 +118,23 @@ def test_fuse_takes_at_each_pixel_the_field_that_fits_there():
     assert right_answer[away].float().mean() > 0.95
 
 
+def test_a_softened_fuse_goes_from_one_field_to_the_other_over_a_few_pixels():
+    """The same pair: softened over 9 px, the choice is the hard one away from the seam, and the field
+    crosses the seam in steps (no column jumps by the whole 6 px), where the hard choice jumps at once."""
+    source = torch.from_numpy(load_photo("camera", 96))[None, None]
+    true = torch.zeros(1, 2, 96, 96)
+    true[:, 1, :, :48], true[:, 1, :, 48:] = 3.0, -3.0
+    target = warp(source, true)
+    left, right = torch.full_like(true, 0.0), torch.full_like(true, 0.0)
+    left[:, 1], right[:, 1] = 3.0, -3.0
+    hard, soft = fuse(source, target, (left, right)), fuse(source, target, (left, right), soften=9)
+    middle = slice(24, 72)  # rows away from the top and bottom borders
+    for away in (slice(16, 32), slice(64, 80)):
+        assert torch.equal(soft[..., middle, away], hard[..., middle, away])
+    hard_jumps, soft_jumps = (field[0, 1, middle].diff(dim=-1).abs().amax(dim=-1) for field in (hard, soft))
+    assert float(hard_jumps.median()) == 6.0 and float(soft_jumps.max()) < 3.0
+
+
 def test_fuse_keeps_the_first_field_where_another_fits_no_better():
     source, target, true = _shift_pair(2.0, -1.0)
     first, second = torch.from_numpy(true)[None], torch.from_numpy(true)[None] + 0.05
