@@ -36,6 +36,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
+from . import kernels
 from .polish import downsample, fuse, resample_flow
 
 __all__ = [
@@ -133,12 +134,8 @@ def _search(target, source, flow, patch, stride, iterations, floor, ridge):
     count, size = rows * cols, np.float32(patch * patch)
     # The target's central differences (edges repeated) and its mean squared gradient.
     gy, gx = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
-    energy = 0.0
-    for y in range(h):
-        for x in range(w):
-            gy[y, x] = np.float32(0.5) * (target[min(y + 1, h - 1), x] - target[max(y - 1, 0), x])
-            gx[y, x] = np.float32(0.5) * (target[y, min(x + 1, w - 1)] - target[y, max(x - 1, 0)])
-            energy += gy[y, x] * gy[y, x] + gx[y, x] * gx[y, x]
+    kernels.gradients(target, gy, gx)
+    energy = (gy * gy).sum() + (gx * gx).sum()
     damping = np.float32(ridge * size * energy / (h * w) + 1e-9)
     # Per patch, everything that does not depend on u: means of the target and its gradients, the
     # centred sums Σg·t and Σt², the inverse normal matrix; and the start, the field's patch mean.
@@ -282,7 +279,7 @@ def patch_search(source: Tensor, target: Tensor, factors: Sequence[int] = FACTOR
     return resample_flow(flow, size)
 
 
-def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor) -> Tensor:
+def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor, searched: Tensor | None = None) -> Tensor:
     """``flow`` fused with :func:`patch_search`'s field (:func:`regcore.polish.fuse`: the patches'
     field where it fits the target clearly better over a :data:`FUSE_WIN` window, the choice
     softened over :data:`FUSE_SOFTEN` px).
@@ -290,8 +287,10 @@ def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor) -> Tensor:
     Args:
         source, target: ``(N, 1, H, W)`` images in [0, 1].
         flow: ``(N, 2, H, W)`` field in pixels, e.g. the network's field after the Lucas–Kanade pyramid.
+        searched: :func:`patch_search`'s field for the pair, if already found (None: found here).
 
     Returns:
         ``(N, 2, H, W)`` field in pixels.
     """
-    return fuse(source, target, (flow, patch_search(source, target)), win=FUSE_WIN, margin=FUSE_MARGIN, soften=FUSE_SOFTEN)
+    searched = patch_search(source, target) if searched is None else searched
+    return fuse(source, target, (flow, searched), win=FUSE_WIN, margin=FUSE_MARGIN, soften=FUSE_SOFTEN)

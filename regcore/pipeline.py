@@ -29,6 +29,7 @@ import numbers
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -46,7 +47,7 @@ from .losses import global_ncc, make_similarity
 from .nets import RegNet
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
-from .patches import fuse_with_patches
+from .patches import fuse_with_patches, patch_search
 from .polish import downsample, resample_flow
 from .polish import polish as polish_flow
 from .volumes import Slicing
@@ -338,13 +339,21 @@ def polish(work: Work, flow: Tensor) -> Tensor:
         return polish_flow(work.source, work.target, flow)
 
 
+#: Threads that run the patch search of ``"net+patches"`` beside the Lucas–Kanade pyramid: both are
+#: compiled loops that let go of the GIL, each on one core, so on two cores the search costs little
+#: more than the fusion (``benchmarks/results/results.md``). One per core, for concurrent calls.
+_SEARCHES = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="regcore-patch-search")
+
+
 def polish_and_search(work: Work, flow: Tensor) -> Tensor:
-    """``"net+patches"``: :func:`polish`'s field fused with the patch search's (:func:`regcore.patches.fuse_with_patches`)."""
-    polished = polish(work, flow)
+    """``"net+patches"``: :func:`polish`'s field fused with the patch search's (:func:`regcore.patches.fuse_with_patches`),
+    the search run on another thread meanwhile."""
     if not work.options.polish:
-        return polished
+        return polish(work, flow)
+    searched = _SEARCHES.submit(patch_search, work.source, work.target)
+    polished = polish(work, flow)
     with torch.inference_mode():
-        return fuse_with_patches(work.source, work.target, polished)
+        return fuse_with_patches(work.source, work.target, polished, searched.result())
 
 
 def _with_deadline(progress: Progress | None, options: Options, start: float) -> Progress | None:

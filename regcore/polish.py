@@ -21,13 +21,16 @@ texture takes the motion of the textured regions around it instead of answering 
 A start is a guess, and a smooth network can guess wrong where the motion is not smooth (an object
 moving over a background) or is ambiguous (a periodic texture moved by more than its period), and
 Lucas–Kanade only refines locally. So :func:`polish` carries a second hypothesis through the
-coarse levels, the same pyramid from a zero field (in the same batch, so nearly free), and at the
+coarse levels, the same pyramid from a zero field (cheap: the coarse levels are small), and at the
 :data:`FUSE_LEVEL` level takes, pixel by pixel, the hypothesis whose warped source fits the target
 better over the surrounding window (:func:`fuse`); the finer levels then refine that one field.
 
-:func:`regcore.register` runs it after the network for ``method="net"``; what it gains is in the
+:func:`regcore.register` runs it after the network for ``"net"`` and ``"net+patches"``; what it gains is in the
 benchmark's ``net`` and ``net-raw`` rows (``benchmarks/results/results.md``), and what each part
 gains on the tuning pairs in ``benchmarks/results/tuning/ablations.md``.
+
+The steps run as compiled loops (:mod:`regcore.kernels`, numba), one pair at a time; the
+pyramid's resampling between levels stays in PyTorch (:func:`downsample`, :func:`resample_flow`).
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 from torch import Tensor
 
-from .filters import box_mean, gradients
-from .warp import warp
+from . import kernels
 
 __all__ = [
     "FUSE_LEVEL",
@@ -111,55 +115,96 @@ def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -
 
     ``eps`` (intensity², images in [0, 1]) bounds the gain in flat windows, so noise there stays small.
     """
-    mean, mean_sq = box_mean(torch.cat((image, image * image), dim=1), win).split(1, dim=1)
-    return (image - mean) * (mean_sq - mean * mean).clamp_min(0.0).add(eps).rsqrt()
+    out = [np.empty_like(part) for part in _arrays(image)]
+    for part, normalised in zip(_arrays(image), out, strict=True):
+        kernels.local_normalise(part, win, eps, normalised)
+    return _tensor(out, image)
+
+
+def _arrays(images: Tensor) -> np.ndarray:
+    """``(N, C, h, w)`` -> float32 numpy ``(N, h, w)`` (C = 1) or ``(N, C, h, w)``, on the CPU (a view when it can be)."""
+    array = images.detach().cpu().float().contiguous().numpy()
+    return array[:, 0] if array.shape[1] == 1 and images.shape[1] == 1 and array.ndim == 4 else array
+
+
+def _tensor(arrays: list[np.ndarray], like: Tensor) -> Tensor:
+    """Per-pair arrays ``(h, w)`` or ``(C, h, w)`` -> ``(N, C, h, w)`` on ``like``'s device."""
+    stacked = np.stack(arrays)
+    return torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked).to(like.device)
 
 
 class _Reference(NamedTuple):
-    """The target's side of every step at one level: its normalised image and that image's gradients."""
+    """The target's side of every step at one level, for one pair: its normalised image and that image's gradients ``(h, w)``."""
 
-    image: Tensor
-    dy: Tensor
-    dx: Tensor
-
-
-def _reference(target: Tensor, norm_win: int) -> _Reference:
-    image = local_normalise(target, norm_win)
-    return _Reference(image, *gradients(image))
+    image: np.ndarray
+    dy: np.ndarray
+    dx: np.ndarray
 
 
-def _average(weighted: Tensor, win: int, spread: float) -> Tensor:
-    """``weighted`` ``(N, 3, H, W)`` = (update · confidence, confidence) of every window -> each pixel's
-    update ``(N, 2, H, W)``: the windows' answers around it averaged by confidence, over ``win × win``
-    neighbours plus, weighted by ``spread``, a wide neighbourhood."""
-    total = box_mean(weighted, win)
-    if spread > 0:
-        coarse = box_mean(F.avg_pool2d(weighted, SPREAD_FACTOR, ceil_mode=True), 5)
-        total = total + spread * F.interpolate(coarse, size=tuple(weighted.shape[-2:]), mode="bilinear", align_corners=False)
-    return total[:, :2] / total[:, 2:]
+def _reference(target: np.ndarray, norm_win: int) -> _Reference:
+    image, dy, dx = (np.empty_like(target) for _ in range(3))
+    kernels.local_normalise(target, norm_win, NORM_EPS, image)
+    kernels.gradients(image, dy, dx)
+    return _Reference(image, dy, dx)
 
 
-def _step(
-    source: Tensor, reference: _Reference, flow: Tensor, win: int, norm_win: int, ridge: float, smooth: bool, spread: float
-) -> Tensor:
-    warped = local_normalise(warp(source, flow), norm_win)
-    wy, wx = gradients(warped)
-    gy, gx = 0.5 * (wy + reference.dy), 0.5 * (wx + reference.dx)
-    residual = reference.image - warped
-    g = torch.cat((gx, gy), dim=1)
-    # Per window: a = Σgx², b = Σgx·gy, c = Σgy², p = Σgx·r, q = Σgy·r.
-    a, b, c, p, q = box_mean(torch.cat((gx * g, gy * gy, g * residual), dim=1), win).split(1, dim=1)
+@njit(cache=True, fastmath=True, nogil=True)
+def _step(source, image, ref_dy, ref_dx, flow, win, norm_win, ridge, smooth, spread):
+    """One Lucas–Kanade step for one pair (see :func:`lucas_kanade_step`); arrays ``(h, w)``, ``flow`` ``(2, h, w)``."""
+    h, w = source.shape
+    warped, normalised = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+    kernels.warp(source, flow, warped)
+    kernels.local_normalise(warped, norm_win, NORM_EPS, normalised)
+    wy, wx = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+    kernels.gradients(normalised, wy, wx)
+    # Per pixel gx², gx·gy, gy², gx·r, gy·r with the gradients of both images averaged (ESM), then their window sums a, b, c, p, q.
+    products = np.empty((5, h, w), np.float32)
+    half = np.float32(0.5)
+    for y in range(h):
+        for x in range(w):
+            gy, gx = half * (wy[y, x] + ref_dy[y, x]), half * (wx[y, x] + ref_dx[y, x])
+            r = image[y, x] - normalised[y, x]
+            products[0, y, x], products[1, y, x], products[2, y, x] = gx * gx, gx * gy, gy * gy
+            products[3, y, x], products[4, y, x] = gx * r, gy * r
+    sums = np.empty((5, h, w), np.float32)
+    for c in range(5):
+        kernels.box_mean(products[c], win, sums[c])
     # The floor keeps a pair of flat images (no gradient anywhere) at a zero update instead of 0 / 0.
-    damping = ridge * (a + c).mean(dim=(-3, -2, -1), keepdim=True) / 2 + 1e-6
-    a, c = a + damping, c + damping
-    det = a * c - b * b
+    damping = np.float32(ridge * (sums[0].sum() + sums[2].sum()) / (h * w) / 2 + 1e-6)
+    out = flow.copy()
     # The 2x2 normal equations [[a, b], [b, c]] (dx, dy) = (p, q) in closed form: (dy, dx) = (aq - bp, cp - bq) / det.
+    # Smoothed, each window's answer is weighted by its confidence det / trace (about the smaller
+    # eigenvalue: how well the window pins the motion down), so update × confidence = (aq - bp, cp - bq) / trace.
+    weighted = np.empty((3, h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            a, b, c = sums[0, y, x] + damping, sums[1, y, x], sums[2, y, x] + damping
+            p, q = sums[3, y, x], sums[4, y, x]
+            det = a * c - b * b
+            if smooth:
+                trace = a + c
+                weighted[0, y, x], weighted[1, y, x], weighted[2, y, x] = (a * q - b * p) / trace, (c * p - b * q) / trace, det / trace
+            else:
+                out[0, y, x] += (a * q - b * p) / det
+                out[1, y, x] += (c * p - b * q) / det
     if not smooth:
-        return flow + torch.cat((a * q - b * p, c * p - b * q), dim=1) / det
-    # Confidence det / trace is about the smaller eigenvalue: how well the window pins the motion
-    # down; update × confidence = (aq - bp, cp - bq) / trace.
-    trace = a + c
-    return flow + _average(torch.cat((a * q - b * p, c * p - b * q, det), dim=1) / trace, win, spread)
+        return out
+    # Each pixel's update: the windows' answers around it averaged by confidence, over win × win
+    # neighbours plus, weighted by spread, a wide neighbourhood (5 × 5 cells of SPREAD_FACTOR px).
+    total = np.empty((3, h, w), np.float32)
+    for c in range(3):
+        kernels.box_mean(weighted[c], win, total[c])
+    if spread > 0:
+        pooled = kernels.pool(weighted, SPREAD_FACTOR)
+        wide = np.empty_like(pooled)
+        for c in range(3):
+            kernels.box_mean(pooled[c], 5, wide[c])
+        kernels.upsample_add(wide, spread, total)
+    for y in range(h):
+        for x in range(w):
+            out[0, y, x] += total[0, y, x] / total[2, y, x]
+            out[1, y, x] += total[1, y, x] / total[2, y, x]
+    return out
 
 
 def lucas_kanade_step(
@@ -187,7 +232,10 @@ def lucas_kanade_step(
     Returns:
         ``(N, 2, H, W)``: ``flow`` plus the update, in pixels.
     """
-    return _step(source, _reference(target, norm_win), flow, win, norm_win, ridge, smooth, spread)
+    fields = []
+    for src, tgt, field in zip(_arrays(source), _arrays(target), _arrays(flow), strict=True):
+        fields.append(_step(src, *_reference(tgt, norm_win), field, win, norm_win, ridge, smooth, spread))
+    return _tensor(fields, flow)
 
 
 def downsample(image: Tensor, factor: int) -> Tensor:
@@ -230,25 +278,40 @@ def fuse(
     Returns:
         ``(N, 2, H, W)``: each pixel's vector from the candidate that fits best there.
     """
-    return _fuse(source, _reference(target, norm_win), flows, win, norm_win, margin, soften)
+    candidates = [_arrays(flow) for flow in flows]
+    fused = []
+    for i, (src, tgt) in enumerate(zip(_arrays(source), _arrays(target), strict=True)):
+        fused.append(_fuse(src, _reference(tgt, norm_win), [c[i] for c in candidates], win, norm_win, margin, soften))
+    return _tensor(fused, flows[0])
 
 
-def _misfit(source: Tensor, reference: _Reference, flow: Tensor, win: int, norm_win: int) -> Tensor:
-    """``(N, 1, H, W)``: mean absolute difference of the normalised warped source and target over ``win × win``."""
-    return box_mean((local_normalise(warp(source, flow), norm_win) - reference.image).abs(), win)
+@njit(cache=True, fastmath=True, nogil=True)
+def _misfit(source, image, flow, win, norm_win):
+    """``(h, w)``: mean absolute difference of the normalised warped source and the target's normalised ``image`` over ``win × win``."""
+    h, w = source.shape
+    warped, normalised, out = np.empty((h, w), np.float32), np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+    kernels.warp(source, flow, warped)
+    kernels.local_normalise(warped, norm_win, NORM_EPS, normalised)
+    kernels.box_mean(np.abs(normalised - image), win, out)
+    return out
 
 
 def _fuse(
-    source: Tensor, reference: _Reference, flows: Sequence[Tensor], win: int, norm_win: int, margin: float, soften: int = 1
-) -> Tensor:
-    # A running minimum rather than an argmin over the stacked misfits: argmin across a few channels is slow on CPU.
-    best, fit = flows[0], _misfit(source, reference, flows[0], win, norm_win)
+    source: np.ndarray, reference: _Reference, flows: Sequence[np.ndarray], win: int, norm_win: int, margin: float, soften: int = 1
+) -> np.ndarray:
+    """:func:`fuse` for one pair: ``source`` ``(h, w)``, ``flows`` ``(2, h, w)`` each."""
+    best, fit = flows[0], _misfit(source, reference.image, flows[0], win, norm_win)
     for flow in flows[1:]:
-        misfit = (1 + margin) * _misfit(source, reference, flow, win, norm_win)
+        misfit = (1 + margin) * _misfit(source, reference.image, flow, win, norm_win)
         better = misfit < fit
-        fit = torch.where(better, misfit, fit)
-        # Softened, the choice is a weight: 1 inside a region the candidate wins, falling to 0 across its edge.
-        best = best + box_mean(better.to(best.dtype), soften) * (flow - best) if soften > 1 else torch.where(better, flow, best)
+        fit = np.where(better, misfit, fit)
+        if soften > 1:
+            # Softened, the choice is a weight: 1 inside a region the candidate wins, falling to 0 across its edge.
+            weight = np.empty_like(fit)
+            kernels.box_mean(better.astype(np.float32), soften, weight)
+            best = best + weight * (flow - best)
+        else:
+            best = np.where(better, flow, best)
     return best
 
 
@@ -279,31 +342,49 @@ def polish(
             only. Nothing to fuse when ``flow`` is None.
 
     Returns:
-        ``(N, 2, H, W)`` field in pixels at the images' size.
+        ``(N, 2, H, W)`` field in pixels at the images' size, on ``source``'s device.
     """
+    source, target = source.detach().cpu().float(), target.detach().cpu().float()
+    starts = [None] * len(source) if flow is None else list(flow.detach().cpu().float().split(1))
+    fields = [
+        _polish_pair(source[i : i + 1], target[i : i + 1], start, schedule, win, norm_win, ridge, spread, fuse_level)
+        for i, start in enumerate(starts)
+    ]
+    return torch.cat(fields).to(flow.device if flow is not None else source.device)
+
+
+def _polish_pair(
+    source: Tensor,
+    target: Tensor,
+    flow: Tensor | None,
+    schedule: Sequence[Level | tuple[int, int]],
+    win: int,
+    norm_win: int,
+    ridge: float,
+    spread: float,
+    fuse_level: int | None,
+) -> Tensor:
+    """:func:`polish` for one pair: ``(1, 1, H, W)`` CPU images, ``flow`` ``(1, 2, h, w)`` or None -> ``(1, 2, H, W)``."""
     size = tuple(source.shape[-2:])
-    n = source.shape[0]
-    # Until it is fused, the zero-start hypothesis rides in the same batch as the start's (flow[n:]):
-    # one step for both costs little more than one on the small coarse levels.
+    # Until it is fused, the zero-start hypothesis is carried as a second field (flows[1]).
     pending = flow is not None and fuse_level is not None
+    flows = None if flow is None else torch.cat((flow, torch.zeros_like(flow))) if pending else flow
     for factor, steps in schedule:
         src, tgt = downsample(source, factor), downsample(target, factor)
         level = tuple(src.shape[-2:])
         if min(level) < min(MIN_LEVEL, min(size)) or steps == 0:
             continue
-        flow = _zeros(source, level) if flow is None else resample_flow(flow, level)
-        reference = _reference(tgt, norm_win)
-        if pending:
-            flow = torch.cat((flow, torch.zeros_like(flow))) if len(flow) == n else flow
-            src, reference = src.repeat(2, 1, 1, 1), _Reference(*(part.repeat(2, 1, 1, 1) for part in reference))
+        flows = _zeros(source, level) if flows is None else resample_flow(flows, level)
+        image, reference = src[0, 0].numpy(), _reference(tgt[0, 0].numpy(), norm_win)
+        fields = [field.numpy() for field in flows]
         for _ in range(steps):
-            flow = _step(src, reference, flow, win, norm_win, ridge, True, spread)
+            fields = [_step(image, *reference, field, win, norm_win, ridge, True, spread) for field in fields]
         if pending and factor <= fuse_level:
-            flow = _fuse(src[:n], _Reference(*(part[:n] for part in reference)), flow.split(n), win, norm_win, FUSE_MARGIN)
-            pending = False
-    if flow is None:
+            fields, pending = [_fuse(image, reference, fields, win, norm_win, FUSE_MARGIN)], False
+        flows = torch.from_numpy(np.stack(fields))
+    if flows is None:
         return _zeros(source, size)
-    return resample_flow(flow[:n], size)
+    return resample_flow(flows[:1], size)
 
 
 def _zeros(source: Tensor, size: tuple[int, int]) -> Tensor:
