@@ -1,13 +1,21 @@
-"""Ablations of the default path's Lucas–Kanade pyramid, on the tuning pairs only.
+"""Ablations of the default path (``"net+patches"``), on the tuning pairs only.
 
 ``python -m benchmarks.ablations`` takes each tuning set (:func:`benchmarks.sets.tuning_sets`:
 images and seeds the benchmark never uses), computes the network's field once per pair
-(``register(method="net", polish=False)``), then runs :func:`regcore.polish.polish` from it with
-the defaults and with one parameter changed at a time, and writes the mean endpoint error and
-median time of each variant to ``benchmarks/results/tuning/ablations.md`` (and ``.csv``). This is
-where the pyramid's parameters were chosen; the benchmark itself never tunes.
+(``register(method="net", polish=False)``), then
 
-Times are per pair, the network's pass included, each library at its default threads.
+- runs :func:`regcore.polish.polish` from it (``"net"``'s Lucas–Kanade pyramid) with the defaults
+  and with one parameter changed at a time (:data:`VARIANTS`);
+- fuses the default pyramid's field with :func:`regcore.patches.patch_search`'s, with the defaults
+  and with one parameter of the search or of the fusion changed at a time (:data:`PATCH_VARIANTS`),
+
+and writes the mean endpoint error and median time of each variant to
+``benchmarks/results/tuning/ablations.md`` (and ``.csv``). This is where the parameters were
+chosen; the benchmark itself never tunes.
+
+Times are per pair, the network's pass included, each library at its default threads; in the
+fusion's variants the pyramid and the search are timed one after the other (``register()``
+runs them side by side: its own rows).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import numpy as np
 import torch
 
 import regcore
-from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
+from regcore import patches
+from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, fuse, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
 from .suite import machine_description, score, write_csv
@@ -56,6 +65,19 @@ VARIANTS: dict[str, dict | None] = {
 }
 
 
+#: name -> (keyword arguments of :func:`regcore.patches.patch_search`, of :func:`regcore.polish.fuse`)
+#: changed from the defaults of :func:`regcore.patches.fuse_with_patches`; None: the search's field alone.
+PATCH_VARIANTS: dict[str, tuple[dict, dict] | None] = {
+    "patch search alone": None,
+    "pyramid + patches, defaults": ({}, {}),
+    f"hard choice (soften 1, default {patches.FUSE_SOFTEN})": ({}, {"soften": 1}),
+    f"margin 0.4 (default {patches.FUSE_MARGIN:g})": ({}, {"margin": 0.4}),
+    f"fusion window 9 (default {patches.FUSE_WIN})": ({}, {"win": 9}),
+    f"floor 0.01 (default {patches.FLOOR:g})": ({"floor": 0.01}, {}),
+    f"patches every 4 px on the fine levels (default {patches.FINE_STRIDE})": ({"fine_stride": 4}, {}),
+}
+
+
 def _timed(fn: Callable[..., np.ndarray], *args, **kwargs) -> tuple[np.ndarray, float]:
     """``fn(*args, **kwargs)`` and the seconds it took."""
     start = time.perf_counter()
@@ -73,25 +95,51 @@ def _polished(source: np.ndarray, target: np.ndarray, start: np.ndarray, **optio
         return polish(*images, torch.from_numpy(start)[None], **options)[0].numpy()
 
 
+def _searched(source: np.ndarray, target: np.ndarray, **options) -> np.ndarray:
+    with torch.inference_mode():
+        return patches.patch_search(torch.from_numpy(source)[None, None], torch.from_numpy(target)[None, None], **options)[0].numpy()
+
+
+def _fused(source: np.ndarray, target: np.ndarray, polished: np.ndarray, searched: np.ndarray, **options) -> np.ndarray:
+    settings = {"win": patches.FUSE_WIN, "margin": patches.FUSE_MARGIN, "soften": patches.FUSE_SOFTEN, **options}
+    images = [torch.from_numpy(image)[None, None] for image in (source, target)]
+    fields = tuple(torch.from_numpy(field)[None] for field in (polished, searched))
+    with torch.inference_mode():
+        return fuse(*images, fields, **settings)[0].numpy()
+
+
 def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
     """One row per (set, variant): mean EPE (px), mean folding (%), median time per pair (s)."""
     specs = tuning_sets(EVAL_SETS)
     rows = []
     for set_name in set_names:
-        found: dict[str, list[tuple[dict, float]]] = {name: [] for name in ("register() default", *VARIANTS, "dis-fine")}
+        names = ("register() default", "register(method='net')", *VARIANTS, *PATCH_VARIANTS, "dis-fine")
+        found: dict[str, list[tuple[dict, float]]] = {name: [] for name in names}
         for pair in build_pairs(specs[set_name], pairs):
             images = (pair.source, pair.target)
-            default, seconds = _timed(_field, *images, method="net")
-            found["register() default"].append((score(pair, default), seconds))
+            for name, options in (("register() default", {}), ("register(method='net')", {"method": "net"})):
+                flow, seconds = _timed(_field, *images, **options)
+                found[name].append((score(pair, flow), seconds))
             peer, seconds = _timed(_field, *images, method="dis-fine", polarity="keep")
             found["dis-fine"].append((score(pair, peer), seconds))
             start, net_seconds = _timed(_field, *images, method="net", polish=False)
+            polished, polish_seconds = start, 0.0
             for name, options in VARIANTS.items():
                 if options is None:
                     found[name].append((score(pair, start), net_seconds))
                     continue
                 flow, seconds = _timed(_polished, *images, start, **options)
                 found[name].append((score(pair, flow), net_seconds + seconds))
+                if not options:
+                    polished, polish_seconds = flow, seconds
+            for name, variant in PATCH_VARIANTS.items():
+                search_options, fuse_options = variant or ({}, {})
+                searched, search_seconds = _timed(_searched, *images, **search_options)
+                if variant is None:
+                    found[name].append((score(pair, searched), search_seconds))
+                    continue
+                flow, seconds = _timed(_fused, *images, polished, searched, **fuse_options)
+                found[name].append((score(pair, flow), net_seconds + polish_seconds + search_seconds + seconds))
         for name, results in found.items():
             rows.append(
                 {
@@ -112,13 +160,17 @@ def write(rows: list[dict], out: Path, command: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     specs = tuning_sets(EVAL_SETS)
     lines = [
-        "# Ablations of the Lucas–Kanade pyramid (tuning pairs)",
+        "# Ablations of the default path (tuning pairs)",
         "",
         f"Written by `{command}` (`benchmarks/ablations.py`). Machine: {machine_description()}.",
         f"Defaults: `SCHEDULE` = {[tuple(level) for level in SCHEDULE]} (block size, steps), `NORM_WIN` = {NORM_WIN}, "
-        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `FUSE_LEVEL` = {FUSE_LEVEL}.",
-        "Each variant changes one of them and starts from the same network field;",
-        "`register() default` is the whole default path, `dis-fine` OpenCV's DIS at its fine setting, for reference.",
+        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `FUSE_LEVEL` = {FUSE_LEVEL}; patch search (`regcore/patches.py`): "
+        f"`PATCH` = {patches.PATCH}, `STRIDE` = {patches.STRIDE}, `FINE_STRIDE` = {patches.FINE_STRIDE}, `FLOOR` = {patches.FLOOR:g}, "
+        f"`FUSE_WIN` = {patches.FUSE_WIN}, `FUSE_MARGIN` = {patches.FUSE_MARGIN:g}, `FUSE_SOFTEN` = {patches.FUSE_SOFTEN}.",
+        "Each pyramid variant changes one of the pyramid's parameters and starts from the same network field; each fusion",
+        "variant changes one of the search's or the fusion's and fuses the default pyramid's field;",
+        "`register() default` is the whole default path (the search beside the pyramid), `register(method='net')` the pyramid",
+        "without the search, `dis-fine` OpenCV's DIS at its fine setting, for reference.",
         "EPE: mean over pairs of the interior endpoint error (px); time: median per pair, the network's pass included.",
         "",
     ]
