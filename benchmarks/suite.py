@@ -761,8 +761,8 @@ def scaling(
 ) -> tuple[list[dict], list[dict]]:
     """Time per pair against image side, and network batch throughput.
 
-    Time rows (``method``, ``size``, ``time_s``) for ``register(method="net")`` (when a model is
-    given), ``register(method="optimize")`` (sides up to ``max_optimize``) and TV-L1, on the
+    Time rows (``method``, ``size``, ``time_s``) for ``register()``'s default method and
+    ``register(method="net")`` (when a model is given), ``register(method="optimize")`` (sides up to ``max_optimize``) and TV-L1, on the
     camera photograph deformed by a known field. Methods are interleaved per size; each call is
     timed ``3`` times (median) below 512², once above, after a warm-up call unless the previous
     size already took over 2 s (then start-up costs are negligible).
@@ -772,7 +772,8 @@ def scaling(
     """
     fns: dict[str, Callable[[np.ndarray, np.ndarray, int], object]] = {}
     if model is not None:
-        fns["net"] = lambda s, t, side: register(s, t, method="net", model=model, max_side=side)
+        for method in dict.fromkeys((pipeline.DEFAULT_METHOD, "net")):
+            fns[method] = lambda s, t, side, method=method: register(s, t, method=method, model=model, max_side=side)
     fns["optimize"] = lambda s, t, side: register(s, t, method="optimize", max_side=side)
     fns["tvl1"] = lambda s, t, side: register(s, t, method="tvl1", polarity="keep", max_side=side)
     rows: list[dict] = []

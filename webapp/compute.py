@@ -261,7 +261,7 @@ def train_live(
 #: Largest side the Compare tab registers at (TV-L1 and "optimize" take seconds beyond this on a CPU).
 COMPARE_SIDE = 256
 #: The methods the Compare tab runs, in this order (those that need a network only when a checkpoint exists).
-COMPARE_METHODS = ("net", "net+patches", "net+refine", "optimize", "tvl1", "dis-fine")
+COMPARE_METHODS = ("net+patches", "net", "net+refine", "optimize", "tvl1", "dis-fine")
 
 
 def _fit(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
