@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from regcore.checkpoints import default_model_name
 from webapp import build_demo, launch_options  # after the environment is set
+from webapp.compute import warm_up
 from webapp.learn_tab import first_pair
 from webapp.process import steady_memory
 
@@ -41,6 +42,7 @@ def launch(host: str | None = None, port: int | None = None, **kwargs):
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     first_pair(default_model_name())  # the page-load pair, and the default model loaded, before the first visitor
+    warm_up(default_model_name())  # the default method's compiled loops loaded (or compiled) before the first visitor
     steady_memory()  # flat under load: start-up frozen for the GC, one malloc arena per core, free pages given back
     return demo.launch(server_name=host, server_port=port, **{**launch_options(), **kwargs})
 

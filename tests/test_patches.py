@@ -7,7 +7,7 @@ from scipy import ndimage
 
 import regcore
 from regcore.data import load_photo
-from regcore.patches import patch_search, search_level
+from regcore.patches import fuse_with_patches, patch_search, search_level
 from regcore.polish import polish
 from regcore.warp import warp
 
@@ -81,3 +81,12 @@ def test_net_patches_beats_net_on_an_object_over_a_background():
     net = regcore.register(*pair, method="net")
     fused = _errors(torch.from_numpy(result.flow)[None], true, core, still)
     assert sum(fused) < 0.5 * sum(_errors(torch.from_numpy(net.flow)[None], true, core, still))
+
+
+def test_register_runs_the_search_beside_the_pyramid_and_fuses_as_fuse_with_patches_does():
+    """The search runs on another thread in register(); the field is the one the same steps give one after the other."""
+    source, target, *_ = _object_pair(40, (0.0, 14.0))
+    pair = (source[0, 0].numpy(), target[0, 0].numpy())
+    polished = torch.from_numpy(regcore.register(*pair, method="net").flow)[None]
+    expected = fuse_with_patches(source, target, polished)
+    np.testing.assert_allclose(regcore.register(*pair).flow, expected[0].numpy(), atol=1e-5)

@@ -47,12 +47,21 @@ __all__ = [
     "tiny_regnet",
     "train_live",
     "walkthrough",
+    "warm_up",
 ]
 
 
 def _t(image: np.ndarray) -> torch.Tensor:
     """``(H, W)`` -> ``(1, 1, H, W)`` float32 tensor."""
     return torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+
+
+def warm_up(model: str | None) -> None:
+    """One registration of a small pair with the default method: its compiled loops (numba: the
+    pyramid's steps and the patch search) are loaded from disk, or compiled in a fresh environment
+    (a few seconds), before the first visitor rather than during the first request."""
+    image = load_photo("camera", 64)
+    register(image, np.roll(image, 2, axis=1), model=resolve_model(model))
 
 
 def resolve_model(model: str | None) -> str | None:
