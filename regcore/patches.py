@@ -37,7 +37,7 @@ from numba import njit
 from torch import Tensor
 
 from . import kernels
-from .polish import downsample, fuse, resample_flow
+from .polish import fuse
 
 __all__ = [
     "FACTORS",
@@ -285,18 +285,36 @@ def patch_search(
     Returns:
         ``(N, 2, H, W)`` field in pixels (channel 0 rows, 1 columns; backward warp).
     """
-    size = tuple(source.shape[-2:])
+    # Pyramid and all in numpy and compiled loops, no PyTorch operation: register() runs this on a
+    # second thread, where PyTorch would start a second OpenMP team whose idle threads spin and slow
+    # every later PyTorch call of the process (measured: net+refine 1.6x slower after one search).
+    sources, targets = (x[:, 0].detach().cpu().float().numpy() for x in (source, target))
+    fields = [_search_pair(src, tgt, factors, stride, fine_stride, floor) for src, tgt in zip(sources, targets, strict=True)]
+    return torch.from_numpy(np.stack(fields)).to(source.device)
+
+
+def _search_pair(source: np.ndarray, target: np.ndarray, factors: Sequence[int], stride: int, fine_stride: int, floor: float) -> np.ndarray:
+    """:func:`patch_search` for one pair of ``(H, W)`` arrays -> ``(2, H, W)``."""
+    size = source.shape
     flow = None
     for factor in factors:
-        src, tgt = downsample(source, factor), downsample(target, factor)
-        level = tuple(src.shape[-2:])
-        if min(level) < max(min(MIN_LEVEL, min(size)), PATCH):
+        src, tgt = (image if factor == 1 else kernels.pool(image[None], factor)[0] for image in (source, target))
+        if min(src.shape) < max(min(MIN_LEVEL, min(size)), PATCH):
             continue
-        flow = torch.zeros((source.shape[0], 2, *level), device=source.device) if flow is None else resample_flow(flow, level)
-        flow = search_level(src, tgt, flow, stride=fine_stride if factor <= 2 else stride, floor=floor)
-    if flow is None:
-        return torch.zeros((source.shape[0], 2, *size), device=source.device)
-    return resample_flow(flow, size)
+        flow = np.zeros((2, *src.shape), np.float32) if flow is None else _resampled(flow, src.shape)
+        flow = _search(tgt, src, flow, PATCH, fine_stride if factor <= 2 else stride, ITERATIONS, floor, RIDGE)
+    return np.zeros((2, *size), np.float32) if flow is None else _resampled(flow, size)
+
+
+def _resampled(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``(2, h, w)`` field on another pyramid level (:func:`regcore.polish.resample_flow`'s convention)."""
+    if flow.shape[1:] == tuple(size):
+        return flow
+    out = np.zeros((2, *size), np.float32)
+    kernels.upsample_add(flow, 1.0, out)
+    out[0] *= size[0] / flow.shape[1]
+    out[1] *= size[1] / flow.shape[2]
+    return out
 
 
 def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor, searched: Tensor | None = None) -> Tensor:
