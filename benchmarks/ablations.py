@@ -65,16 +65,19 @@ VARIANTS: dict[str, dict | None] = {
 }
 
 
-#: name -> (keyword arguments of :func:`regcore.patches.patch_search`, of :func:`regcore.polish.fuse`)
-#: changed from the defaults of :func:`regcore.patches.fuse_with_patches`; None: the search's field alone.
-PATCH_VARIANTS: dict[str, tuple[dict, dict] | None] = {
+#: name -> (keyword arguments of :func:`regcore.patches.patch_search`, of :func:`regcore.polish.fuse`, of the
+#: pyramid's :func:`regcore.polish.polish`) changed from what :func:`regcore.pipeline.polish_and_search` does
+#: (the pyramid :data:`regcore.patches.PYRAMID_UNDER_PATCHES`, :func:`regcore.patches.fuse_with_patches`'s
+#: settings); None: the search's field alone.
+PATCH_VARIANTS: dict[str, tuple[dict, dict, dict] | None] = {
     "patch search alone": None,
-    "pyramid + patches, defaults": ({}, {}),
-    f"hard choice (soften 1, default {patches.FUSE_SOFTEN})": ({}, {"soften": 1}),
-    f"margin 0.4 (default {patches.FUSE_MARGIN:g})": ({}, {"margin": 0.4}),
-    f"fusion window 9 (default {patches.FUSE_WIN})": ({}, {"win": 9}),
-    f"floor 0.01 (default {patches.FLOOR:g})": ({"floor": 0.01}, {}),
-    f"patches every 4 px on the fine levels (default {patches.FINE_STRIDE})": ({"fine_stride": 4}, {}),
+    "pyramid + patches, defaults": ({}, {}, {}),
+    "the pyramid with its 16 px level (net's)": ({}, {}, {"schedule": SCHEDULE}),
+    f"hard choice (soften 1, default {patches.FUSE_SOFTEN})": ({}, {"soften": 1}, {}),
+    f"margin 0.4 (default {patches.FUSE_MARGIN:g})": ({}, {"margin": 0.4}, {}),
+    f"fusion window 9 (default {patches.FUSE_WIN})": ({}, {"win": 9}, {}),
+    f"floor 0.01 (default {patches.FLOOR:g})": ({"floor": 0.01}, {}, {}),
+    f"patches every 4 px on the fine levels (default {patches.FINE_STRIDE})": ({"fine_stride": 4}, {}, {}),
 }
 
 
@@ -123,21 +126,24 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
             peer, seconds = _timed(_field, *images, method="dis-fine", polarity="keep")
             found["dis-fine"].append((score(pair, peer), seconds))
             start, net_seconds = _timed(_field, *images, method="net", polish=False)
-            polished, polish_seconds = start, 0.0
             for name, options in VARIANTS.items():
                 if options is None:
                     found[name].append((score(pair, start), net_seconds))
                     continue
                 flow, seconds = _timed(_polished, *images, start, **options)
                 found[name].append((score(pair, flow), net_seconds + seconds))
-                if not options:
-                    polished, polish_seconds = flow, seconds
+            pyramids: dict[str, tuple[np.ndarray, float]] = {}  # the pyramids under the fusion, by their options
             for name, variant in PATCH_VARIANTS.items():
-                search_options, fuse_options = variant or ({}, {})
+                search_options, fuse_options, pyramid_options = variant or ({}, {}, {})
                 searched, search_seconds = _timed(_searched, *images, **search_options)
                 if variant is None:
                     found[name].append((score(pair, searched), search_seconds))
                     continue
+                pyramid_options = {"schedule": patches.PYRAMID_UNDER_PATCHES, **pyramid_options}
+                key = repr(pyramid_options)
+                if key not in pyramids:
+                    pyramids[key] = _timed(_polished, *images, start, **pyramid_options)
+                polished, polish_seconds = pyramids[key]
                 flow, seconds = _timed(_fused, *images, polished, searched, **fuse_options)
                 found[name].append((score(pair, flow), net_seconds + polish_seconds + search_seconds + seconds))
         for name, results in found.items():
@@ -166,7 +172,8 @@ def write(rows: list[dict], out: Path, command: str) -> Path:
         f"Defaults: `SCHEDULE` = {[tuple(level) for level in SCHEDULE]} (block size, steps), `NORM_WIN` = {NORM_WIN}, "
         f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `FUSE_LEVEL` = {FUSE_LEVEL}; patch search (`regcore/patches.py`): "
         f"`PATCH` = {patches.PATCH}, `STRIDE` = {patches.STRIDE}, `FINE_STRIDE` = {patches.FINE_STRIDE}, `FLOOR` = {patches.FLOOR:g}, "
-        f"`FUSE_WIN` = {patches.FUSE_WIN}, `FUSE_MARGIN` = {patches.FUSE_MARGIN:g}, `FUSE_SOFTEN` = {patches.FUSE_SOFTEN}.",
+        f"`FUSE_WIN` = {patches.FUSE_WIN}, `FUSE_MARGIN` = {patches.FUSE_MARGIN:g}, `FUSE_SOFTEN` = {patches.FUSE_SOFTEN}, "
+        f"`PYRAMID_UNDER_PATCHES` = {[tuple(level) for level in patches.PYRAMID_UNDER_PATCHES]}.",
         "Each pyramid variant changes one of the pyramid's parameters and starts from the same network field; each fusion",
         "variant changes one of the search's or the fusion's and fuses the default pyramid's field;",
         "`register() default` is the whole default path (the search beside the pyramid), `register(method='net')` the pyramid",

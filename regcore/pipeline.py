@@ -28,7 +28,7 @@ import math
 import numbers
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -47,8 +47,8 @@ from .losses import global_ncc, make_similarity
 from .nets import RegNet
 from .noise import NOISY_ABOVE, SMOOTH_SIGMA, SMOOTH_WIN, noise_std, smooth_image
 from .optimize import optimize_flow, pyramid_levels
-from .patches import fuse_with_patches, patch_search
-from .polish import downsample, resample_flow
+from .patches import PYRAMID_UNDER_PATCHES, fuse_with_patches, patch_search
+from .polish import SCHEDULE, Level, downsample, resample_flow
 from .polish import polish as polish_flow
 from .volumes import Slicing
 from .warp import resize_image
@@ -331,12 +331,12 @@ def net_start(work: Work) -> Tensor:
     return flow if work.options.polish else resample_flow(flow, work.size)
 
 
-def polish(work: Work, flow: Tensor) -> Tensor:
+def polish(work: Work, flow: Tensor, schedule: Sequence[Level] = SCHEDULE) -> Tensor:
     """The Lucas–Kanade pyramid of :func:`regcore.polish.polish` from the network's field (nothing with ``polish=False``)."""
     if not work.options.polish:
         return flow
     with torch.inference_mode():
-        return polish_flow(work.source, work.target, flow)
+        return polish_flow(work.source, work.target, flow, schedule)
 
 
 #: Threads that run the patch search of ``"net+patches"`` beside the Lucas–Kanade pyramid: both are
@@ -351,7 +351,7 @@ def polish_and_search(work: Work, flow: Tensor) -> Tensor:
     if not work.options.polish:
         return polish(work, flow)
     searched = _SEARCHES.submit(patch_search, work.source, work.target)
-    polished = polish(work, flow)
+    polished = polish(work, flow, PYRAMID_UNDER_PATCHES)
     with torch.inference_mode():
         return fuse_with_patches(work.source, work.target, polished, searched.result())
 

@@ -84,7 +84,8 @@ def test_net_patches_beats_net_on_an_object_over_a_background():
 
 
 def test_register_runs_the_search_beside_the_pyramid_and_fuses_as_fuse_with_patches_does():
-    """The search runs on another thread in register(); the field is the one the same steps give one after the other."""
+    """The search runs on another thread in register(); the field is the one the same steps give one after the other
+    (at 128² "net"'s pyramid is the one under the patches: it has no 16 px level to leave out)."""
     source, target, *_ = _object_pair(40, (0.0, 14.0))
     pair = (source[0, 0].numpy(), target[0, 0].numpy())
     polished = torch.from_numpy(regcore.register(*pair, method="net").flow)[None]
