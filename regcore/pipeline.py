@@ -465,7 +465,7 @@ METHODS: dict[str, Method] = {
     "net+patches": Method(
         "network + patches",
         "net's field fused, region by region, with a patch search's (every 8x8 patch finds its own "
-        "motion): objects moving over a background, periodic textures and large motion, about 1.2x net's time",
+        "motion): objects moving over a background, periodic textures and large motion, 1.2-1.4x net's time",
         net_start,
         polish_and_search,
         network=True,
@@ -497,7 +497,7 @@ METHODS: dict[str, Method] = {
     "farneback": _classical_method("Farnebäck (OpenCV)", "OpenCV's Farnebäck optical flow, OpenCV's typical parameters", farneback_flow),
 }
 #: The method ``register()`` runs when none is given and a checkpoint is available (``"net"`` alone is
-#: about 15% faster and as accurate on smooth motion, ``benchmarks/results/results.md``) ...
+#: 15-30% faster and as accurate on smooth motion at 128², ``benchmarks/results/results.md``) ...
 DEFAULT_METHOD = "net+patches"
 #: ... and when none is (it needs no network).
 FALLBACK_METHOD = "optimize"
