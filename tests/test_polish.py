@@ -101,14 +101,19 @@ def test_fields_move_between_levels_as_block_averages_place_pixels():
     torch.testing.assert_close(resample_flow(coarse, (64, 64))[..., 4:-4, 4:-4], fine[..., 4:-4, 4:-4], atol=1e-4, rtol=0)
 
 
-def test_fuse_takes_at_each_pixel_the_field_that_fits_there():
-    """``camera``'s target moves 3 px right in its left half and 3 px left in its right half."""
+def _halves() -> tuple[torch.Tensor, ...]:
+    """``camera``'s target moves 3 px right in its left half and 3 px left in its right half: source,
+    target, true field, and the two candidates (each half's motion everywhere)."""
     source = torch.from_numpy(load_photo("camera", 96))[None, None]
     true = torch.zeros(1, 2, 96, 96)
     true[:, 1, :, :48], true[:, 1, :, 48:] = 3.0, -3.0
-    target = warp(source, true)
-    left, right = torch.full_like(true, 0.0), torch.full_like(true, 0.0)
+    left, right = torch.zeros_like(true), torch.zeros_like(true)
     left[:, 1], right[:, 1] = 3.0, -3.0
+    return source, warp(source, true), true, left, right
+
+
+def test_fuse_takes_at_each_pixel_the_field_that_fits_there():
+    source, target, true, left, right = _halves()
     fused = fuse(source, target, (left, right))
     assert fused.shape == true.shape
     away = torch.ones(96, 96, dtype=torch.bool)
@@ -119,14 +124,9 @@ def test_fuse_takes_at_each_pixel_the_field_that_fits_there():
 
 
 def test_a_softened_fuse_goes_from_one_field_to_the_other_over_a_few_pixels():
-    """The same pair: softened over 9 px, the choice is the hard one away from the seam, and the field
-    crosses the seam in steps (no column jumps by the whole 6 px), where the hard choice jumps at once."""
-    source = torch.from_numpy(load_photo("camera", 96))[None, None]
-    true = torch.zeros(1, 2, 96, 96)
-    true[:, 1, :, :48], true[:, 1, :, 48:] = 3.0, -3.0
-    target = warp(source, true)
-    left, right = torch.full_like(true, 0.0), torch.full_like(true, 0.0)
-    left[:, 1], right[:, 1] = 3.0, -3.0
+    """Softened over 9 px, the choice is the hard one away from the seam, and the field crosses the seam
+    in steps (no column jumps by the whole 6 px), where the hard choice jumps at once."""
+    source, target, _, left, right = _halves()
     hard, soft = fuse(source, target, (left, right)), fuse(source, target, (left, right), soften=9)
     middle = slice(24, 72)  # rows away from the top and bottom borders
     for away in (slice(16, 32), slice(64, 80)):
