@@ -15,13 +15,32 @@ Every function writes into ``out`` (or returns a new array) and never keeps stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numba import njit
 
-__all__ = ["box_mean", "gradients", "local_normalise", "pool", "upsample_add", "warp"]
+__all__ = ["box_mean", "compiled", "gradients", "local_normalise", "pool", "upsample_add", "warp"]
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+def compiled(fn: Callable | None = None, **options: object) -> Callable:
+    """``numba.njit`` with ``fastmath`` and ``nogil`` (``options`` override them), cached on disk where
+    numba finds a writable place (the package's ``__pycache__``, the user's cache, ``NUMBA_CACHE_DIR``).
+
+    Where it finds none (a read-only install and no writable home), numba refuses ``cache=True`` when
+    the function is defined, which would make ``import regcore`` fail: the function is then compiled
+    in each process instead (about 15 s for all of them on a 2-core CPU, once per process).
+    """
+    if fn is None:
+        return lambda f: compiled(f, **options)
+    settings = {"fastmath": True, "nogil": True, **options}
+    try:
+        return njit(cache=True, **settings)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(**settings)(fn)
+
+
+@compiled
 def _inverse_counts(n: int, r: int) -> np.ndarray:
     """``1 / (positions covered)`` of each ``2r + 1``-wide window along an axis of ``n`` (fewer at the ends)."""
     out = np.empty(n, np.float32)
@@ -30,7 +49,7 @@ def _inverse_counts(n: int, r: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@compiled
 def box_mean(x: np.ndarray, win: int, out: np.ndarray) -> None:
     """``out`` ``(h, w)`` = the mean of ``x`` ``(h, w)`` over the ``win × win`` window around each pixel,
     windows cropped at the border (:func:`regcore.filters.box_mean`)."""
@@ -58,7 +77,7 @@ def box_mean(x: np.ndarray, win: int, out: np.ndarray) -> None:
             o[i] *= along_y[y] * along_x[i]
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@compiled
 def warp(image: np.ndarray, flow: np.ndarray, out: np.ndarray) -> None:
     """``out[y, x] = image[y + flow[0, y, x], x + flow[1, y, x]]``, bilinear, edges repeated (:func:`regcore.warp.warp`)."""
     h, w = image.shape
@@ -76,7 +95,7 @@ def warp(image: np.ndarray, flow: np.ndarray, out: np.ndarray) -> None:
             o[x] = (one - fy) * upper + fy * lower
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@compiled
 def local_normalise(image: np.ndarray, win: int, eps: float, out: np.ndarray) -> None:
     """``out`` = ``image`` ``(h, w)`` with zero mean and unit std over each ``win × win`` window;
     ``eps`` (intensity²) bounds the gain in flat windows (:func:`regcore.polish.local_normalise`)."""
@@ -91,7 +110,7 @@ def local_normalise(image: np.ndarray, win: int, eps: float, out: np.ndarray) ->
             out[y, x] = (image[y, x] - m) / np.sqrt(max(mean_sq[y, x] - m * m, zero) + floor)
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@compiled
 def gradients(image: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
     """Central differences of ``image`` ``(h, w)`` along rows into ``dy`` and columns into ``dx``,
     edges repeated (half the one-sided difference at the border, :func:`regcore.filters.gradients`)."""
@@ -104,7 +123,7 @@ def gradients(image: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
             dx[y, x] = half * (row[min(x + 1, w - 1)] - row[max(x - 1, 0)])
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@compiled
 def pool(x: np.ndarray, factor: int) -> np.ndarray:
     """``(C, h, w)`` averaged over ``factor × factor`` blocks -> ``(C, ⌈h/f⌉, ⌈w/f⌉)``, the last, partial
     blocks over the pixels they hold (``avg_pool2d(..., ceil_mode=True)``)."""
@@ -125,7 +144,7 @@ def pool(x: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@compiled
 def upsample_add(coarse: np.ndarray, weight: float, out: np.ndarray) -> None:
     """``out`` ``(C, h, w)`` += ``weight`` × ``coarse`` ``(C, hc, wc)`` resized bilinearly with pixel
     centres matched (``interpolate(..., align_corners=False)``)."""

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor
 
 from . import kernels
@@ -92,7 +91,7 @@ FUSE_MARGIN = 0.25
 FUSE_SOFTEN = 11
 
 
-@njit(cache=True)
+@kernels.compiled(fastmath=False)
 def _origins(n: int, patch: int, stride: int) -> np.ndarray:
     """Patch origins along an axis of ``n`` pixels: evenly spread, the last flush with the far border."""
     count = max(1, -(-(n - patch) // stride) + 1)
@@ -103,7 +102,7 @@ def _origins(n: int, patch: int, stride: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, fastmath=True, inline="always")
+@kernels.compiled(inline="always")
 def _bilinear(y: float, x: float) -> tuple[int, int, float, float, float, float]:
     """The top-left pixel and the four bilinear weights of the point ``(y, x)``."""
     fy, fx = np.floor(y), np.floor(x)
@@ -112,7 +111,7 @@ def _bilinear(y: float, x: float) -> tuple[int, int, float, float, float, float]
     return int(fy), int(fx), (one - dy) * (one - dx), (one - dy) * dx, dy * (one - dx), dy * dx
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@kernels.compiled
 def _sums(source, target, gx, gy, top, left, uy, ux, patch):
     """Sums over the patch at ``(top, left)`` of the source sampled there moved by ``(uy, ux)``:
     ``Σv, Σv², Σv·target, Σv·gx, Σv·gy`` (edges repeated outside the image)."""
@@ -135,7 +134,7 @@ def _sums(source, target, gx, gy, top, left, uy, ux, patch):
     return s, s2, st, sx, sy
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@kernels.compiled
 def _search(target, source, flow, patch, stride, iterations, floor, ridge):
     """One level for one pair: ``target``, ``source`` ``(h, w)`` float32, ``flow`` ``(2, h, w)`` -> ``(2, h, w)``."""
     h, w = target.shape

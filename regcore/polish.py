@@ -41,7 +41,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import njit
 from torch import Tensor
 
 from . import kernels
@@ -148,7 +147,7 @@ def _reference(target: np.ndarray, norm_win: int) -> _Reference:
     return _Reference(image, dy, dx)
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@kernels.compiled
 def _step(source, image, ref_dy, ref_dx, flow, win, norm_win, ridge, smooth, spread):
     """One Lucas–Kanade step for one pair (see :func:`lucas_kanade_step`); arrays ``(h, w)``, ``flow`` ``(2, h, w)``."""
     h, w = source.shape
@@ -285,7 +284,7 @@ def fuse(
     return _tensor(fused, flows[0])
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@kernels.compiled
 def _misfit(source, image, flow, win, norm_win):
     """``(h, w)``: mean absolute difference of the normalised warped source and the target's normalised ``image`` over ``win × win``."""
     h, w = source.shape

@@ -1,5 +1,6 @@
 """The compiled kernels (regcore.kernels) give what the PyTorch operations they mirror give."""
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -65,3 +66,18 @@ def test_pool_and_upsample_add_are_avg_pool2d_and_interpolate(size):
     kernels.upsample_add(pooled, 0.5, out)
     expected = 1 + 0.5 * F.interpolate(torch.from_numpy(pooled)[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def _twice(x: float) -> float:
+    return 2.0 * x
+
+
+def test_compiled_works_where_numba_finds_nowhere_to_cache(monkeypatch):
+    """A read-only install with no writable home: numba refuses ``cache=True``; ``compiled`` compiles without it."""
+    from numba.core import caching
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed across numba releases
+    monkeypatch.setattr(impl, "_locator_classes", [])
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(_twice)
+    assert kernels.compiled(_twice)(1.5) == 3.0
