@@ -1,11 +1,10 @@
-"""Low-level image filters shared by inference and data generation.
+"""Low-level differentiable image filters (PyTorch) for losses, data generation and pre-smoothing.
 
 Both act on ``(N, C, H, W)`` float tensors and keep their shape; both are differentiable.
 
 - :func:`box_mean`: the mean over a square window around each pixel (local NCC in
-  :mod:`regcore.losses`, the local normalisation and Lucas–Kanade sums in :mod:`regcore.polish`).
-- :func:`gradients`: central differences along rows and columns (the Lucas–Kanade steps of
-  :mod:`regcore.polish` and the patch search of :mod:`regcore.patches`).
+  :mod:`regcore.losses`; :func:`regcore.kernels.box_mean` is the same mean compiled for one pair's
+  arrays, for the per-pair refinement of :mod:`regcore.polish`).
 - :func:`gaussian_blur`: a separable Gaussian blur with one std per image (the training images of
   :mod:`regcore.data`, the pre-smoothing of noisy pairs in :mod:`regcore.noise`).
 """
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["box_mean", "gaussian_blur", "gradients"]
+__all__ = ["box_mean", "gaussian_blur"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -66,9 +65,3 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     x = F.conv2d(x, k, groups=n)
     x = F.conv2d(x, k.transpose(-1, -2), groups=n)
     return x.transpose(0, 1)
-
-
-def gradients(image: Tensor) -> tuple[Tensor, Tensor]:
-    """Central differences of ``(N, 1, H, W)`` along rows and columns (edges replicated, so half the one-sided difference at the border)."""
-    p = F.pad(image, (1, 1, 1, 1), mode="replicate")
-    return 0.5 * (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]), 0.5 * (p[..., 1:-1, 2:] - p[..., 1:-1, :-2])

@@ -7,8 +7,8 @@ compiled once (``cache=True``: later processes load them from disk). Measured wh
 the PyTorch step (one pair, two threads for PyTorch, one for these): a step took 0.85 -> 0.48 ms at
 128², 0.34 -> 0.05 ms at 32².
 
-They mirror the differentiable PyTorch versions used in training (:func:`regcore.filters.box_mean`,
-:func:`regcore.filters.gradients`, :func:`regcore.warp.warp`): same windows, same borders, same
+Where PyTorch has the same operation (:func:`regcore.filters.box_mean`, :func:`regcore.warp.warp`,
+``avg_pool2d``, ``interpolate``; ``tests/test_kernels.py`` compares them), it is the same: same windows, same borders, same
 conventions (fields in pixels, channel 0 rows, backward bilinear warp with edges repeated).
 Every function writes into ``out`` (or returns a new array) and never keeps state.
 """
@@ -113,7 +113,7 @@ def local_normalise(image: np.ndarray, win: int, eps: float, out: np.ndarray) ->
 @compiled
 def gradients(image: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
     """Central differences of ``image`` ``(h, w)`` along rows into ``dy`` and columns into ``dx``,
-    edges repeated (half the one-sided difference at the border, :func:`regcore.filters.gradients`)."""
+    edges repeated (half the one-sided difference at the border)."""
     h, w = image.shape
     half = np.float32(0.5)
     for y in range(h):
