@@ -32,7 +32,7 @@ import torch
 
 import regcore
 from regcore import patches
-from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, fuse, polish
+from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
 from .suite import machine_description, score, write_csv
@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict | None] = {
 }
 
 
-#: name -> (keyword arguments of :func:`regcore.patches.patch_search`, of :func:`regcore.polish.fuse`, of the
+#: name -> (keyword arguments of :func:`regcore.patches.patch_search`, of :func:`regcore.patches.fuse_with_patches`, of the
 #: pyramid's :func:`regcore.polish.polish`) changed from what :func:`regcore.pipeline.polish_and_search` does
 #: (the pyramid :data:`regcore.patches.PYRAMID_UNDER_PATCHES`, :func:`regcore.patches.fuse_with_patches`'s
 #: settings); None: the search's field alone.
@@ -104,11 +104,10 @@ def _searched(source: np.ndarray, target: np.ndarray, **options) -> np.ndarray:
 
 
 def _fused(source: np.ndarray, target: np.ndarray, polished: np.ndarray, searched: np.ndarray, **options) -> np.ndarray:
-    settings = {"win": patches.FUSE_WIN, "margin": patches.FUSE_MARGIN, "soften": patches.FUSE_SOFTEN, **options}
     images = [torch.from_numpy(image)[None, None] for image in (source, target)]
-    fields = tuple(torch.from_numpy(field)[None] for field in (polished, searched))
+    fields = [torch.from_numpy(field)[None] for field in (polished, searched)]
     with torch.inference_mode():
-        return fuse(*images, fields, **settings)[0].numpy()
+        return patches.fuse_with_patches(*images, *fields, **options)[0].numpy()
 
 
 def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:

@@ -11,16 +11,34 @@ Where PyTorch has the same operation (:func:`regcore.filters.box_mean`, :func:`r
 ``avg_pool2d``, ``interpolate``; ``tests/test_kernels.py`` compares them), it is the same: same windows, same borders, same
 conventions (fields in pixels, channel 0 rows, backward bilinear warp with edges repeated).
 Every function writes into ``out`` (or returns a new array) and never keeps state.
+
+:func:`arrays` and :func:`tensor` are the way in and out: a batch of tensors to one array per pair,
+and back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 from numba import njit
+from torch import Tensor
 
-__all__ = ["box_mean", "compiled", "gradients", "local_normalise", "pool", "upsample_add", "warp"]
+__all__ = ["arrays", "box_mean", "compiled", "gradients", "local_normalise", "pool", "tensor", "upsample_add", "warp"]
+
+
+def arrays(batch: Tensor) -> np.ndarray:
+    """``(N, C, h, w)`` -> float32 numpy on the CPU, one entry per pair: ``(N, h, w)`` when C = 1,
+    else ``(N, C, h, w)`` (a view when it can be: no PyTorch operation runs for a CPU float32 tensor)."""
+    array = batch.detach().cpu().float().contiguous().numpy()
+    return array[:, 0] if array.shape[1] == 1 else array
+
+
+def tensor(pairs: Sequence[np.ndarray], like: Tensor) -> Tensor:
+    """Per-pair arrays ``(h, w)`` or ``(C, h, w)`` -> ``(N, C, h, w)`` with ``like``'s device and dtype."""
+    stacked = np.stack(pairs)
+    return torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked).to(device=like.device, dtype=like.dtype)
 
 
 def compiled(fn: Callable | None = None, **options: object) -> Callable:

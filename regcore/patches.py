@@ -32,7 +32,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from . import kernels
@@ -264,10 +263,8 @@ def search_level(
     Returns:
         ``(N, 2, h, w)`` field in pixels: the patches' translations, densified.
     """
-    sources, targets, flows = (x.detach().cpu().float().numpy() for x in (source[:, 0], target[:, 0], flow))
-    pairs = zip(sources, targets, flows, strict=True)
-    fields = [_search(tgt, src, field, patch, stride, iterations, floor, RIDGE) for src, tgt, field in pairs]
-    return torch.from_numpy(np.stack(fields)).to(device=flow.device, dtype=flow.dtype)
+    pairs = zip(kernels.arrays(source), kernels.arrays(target), kernels.arrays(flow), strict=True)
+    return kernels.tensor([_search(tgt, src, field, patch, stride, iterations, floor, RIDGE) for src, tgt, field in pairs], flow)
 
 
 def patch_search(
@@ -294,9 +291,8 @@ def patch_search(
     # Pyramid and all in numpy and compiled loops, no PyTorch operation: register() runs this on a
     # second thread, where PyTorch would start a second OpenMP team whose idle threads spin and slow
     # every later PyTorch call of the process (measured: net+refine 1.6x slower after one search).
-    sources, targets = (x[:, 0].detach().cpu().float().numpy() for x in (source, target))
-    fields = [_search_pair(src, tgt, factors, stride, fine_stride, floor) for src, tgt in zip(sources, targets, strict=True)]
-    return torch.from_numpy(np.stack(fields)).to(source.device)
+    pairs = zip(kernels.arrays(source), kernels.arrays(target), strict=True)
+    return kernels.tensor([_search_pair(src, tgt, factors, stride, fine_stride, floor) for src, tgt in pairs], source)
 
 
 def _search_pair(source: np.ndarray, target: np.ndarray, factors: Sequence[int], stride: int, fine_stride: int, floor: float) -> np.ndarray:
@@ -323,7 +319,15 @@ def _resampled(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor, searched: Tensor | None = None) -> Tensor:
+def fuse_with_patches(
+    source: Tensor,
+    target: Tensor,
+    flow: Tensor,
+    searched: Tensor | None = None,
+    win: int = FUSE_WIN,
+    margin: float = FUSE_MARGIN,
+    soften: int = FUSE_SOFTEN,
+) -> Tensor:
     """``flow`` fused with :func:`patch_search`'s field (:func:`regcore.polish.fuse`: the patches'
     field where it fits the target clearly better over a :data:`FUSE_WIN` window, the choice
     softened over :data:`FUSE_SOFTEN` px).
@@ -332,9 +336,10 @@ def fuse_with_patches(source: Tensor, target: Tensor, flow: Tensor, searched: Te
         source, target: ``(N, 1, H, W)`` images in [0, 1].
         flow: ``(N, 2, H, W)`` field in pixels, e.g. the network's field after the Lucas–Kanade pyramid.
         searched: :func:`patch_search`'s field for the pair, if already found (None: found here).
+        win, margin, soften: as in :func:`regcore.polish.fuse`.
 
     Returns:
         ``(N, 2, H, W)`` field in pixels.
     """
     searched = patch_search(source, target) if searched is None else searched
-    return fuse(source, target, (flow, searched), win=FUSE_WIN, margin=FUSE_MARGIN, soften=FUSE_SOFTEN)
+    return fuse(source, target, (flow, searched), win=win, margin=margin, soften=soften)

@@ -114,22 +114,11 @@ def local_normalise(image: Tensor, win: int = NORM_WIN, eps: float = NORM_EPS) -
 
     ``eps`` (intensity², images in [0, 1]) bounds the gain in flat windows, so noise there stays small.
     """
-    out = [np.empty_like(part) for part in _arrays(image)]
-    for part, normalised in zip(_arrays(image), out, strict=True):
+    parts = kernels.arrays(image)
+    out = [np.empty_like(part) for part in parts]
+    for part, normalised in zip(parts, out, strict=True):
         kernels.local_normalise(part, win, eps, normalised)
-    return _tensor(out, image)
-
-
-def _arrays(images: Tensor) -> np.ndarray:
-    """``(N, C, h, w)`` -> float32 numpy ``(N, h, w)`` (C = 1) or ``(N, C, h, w)``, on the CPU (a view when it can be)."""
-    array = images.detach().cpu().float().contiguous().numpy()
-    return array[:, 0] if array.shape[1] == 1 and images.shape[1] == 1 and array.ndim == 4 else array
-
-
-def _tensor(arrays: list[np.ndarray], like: Tensor) -> Tensor:
-    """Per-pair arrays ``(h, w)`` or ``(C, h, w)`` -> ``(N, C, h, w)`` on ``like``'s device."""
-    stacked = np.stack(arrays)
-    return torch.from_numpy(stacked[:, None] if stacked.ndim == 3 else stacked).to(like.device)
+    return kernels.tensor(out, image)
 
 
 class _Reference(NamedTuple):
@@ -232,9 +221,9 @@ def lucas_kanade_step(
         ``(N, 2, H, W)``: ``flow`` plus the update, in pixels.
     """
     fields = []
-    for src, tgt, field in zip(_arrays(source), _arrays(target), _arrays(flow), strict=True):
+    for src, tgt, field in zip(kernels.arrays(source), kernels.arrays(target), kernels.arrays(flow), strict=True):
         fields.append(_step(src, *_reference(tgt, norm_win), field, win, norm_win, ridge, smooth, spread))
-    return _tensor(fields, flow)
+    return kernels.tensor(fields, flow)
 
 
 def downsample(image: Tensor, factor: int) -> Tensor:
@@ -277,11 +266,11 @@ def fuse(
     Returns:
         ``(N, 2, H, W)``: each pixel's vector from the candidate that fits best there.
     """
-    candidates = [_arrays(flow) for flow in flows]
+    candidates = [kernels.arrays(flow) for flow in flows]
     fused = []
-    for i, (src, tgt) in enumerate(zip(_arrays(source), _arrays(target), strict=True)):
+    for i, (src, tgt) in enumerate(zip(kernels.arrays(source), kernels.arrays(target), strict=True)):
         fused.append(_fuse(src, _reference(tgt, norm_win), [c[i] for c in candidates], win, norm_win, margin, soften))
-    return _tensor(fused, flows[0])
+    return kernels.tensor(fused, flows[0])
 
 
 @kernels.compiled
