@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .boundaries import sharpen_boundaries
 from .checkpoints import available_models, load_model
 from .classical import dis_flow, farneback_flow, ilk_flow, tvl1_flow
 from .errors import RegcoreError
@@ -347,13 +348,13 @@ _SEARCHES = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_pref
 
 def polish_and_search(work: Work, flow: Tensor) -> Tensor:
     """``"net+patches"``: :func:`polish`'s field fused with the patch search's (:func:`regcore.patches.fuse_with_patches`),
-    the search run on another thread meanwhile."""
+    the search run on another thread meanwhile, then its motion boundaries sharpened (:func:`regcore.boundaries.sharpen_boundaries`)."""
     if not work.options.polish:
         return polish(work, flow)
     searched = _SEARCHES.submit(patch_search, work.source, work.target)
     polished = polish(work, flow, PYRAMID_UNDER_PATCHES)
     with torch.inference_mode():
-        return fuse_with_patches(work.source, work.target, polished, searched.result())
+        return sharpen_boundaries(work.source, work.target, fuse_with_patches(work.source, work.target, polished, searched.result()))
 
 
 def _with_deadline(progress: Progress | None, options: Options, start: float) -> Progress | None:
@@ -465,7 +466,8 @@ METHODS: dict[str, Method] = {
     "net+patches": Method(
         "network + patches",
         "net's field fused, region by region, with a patch search's (every 8x8 patch finds its own "
-        "motion): objects moving over a background, periodic textures and large motion, 1.2-1.4x net's time",
+        "motion), then its motion boundaries put on the image's edges: objects moving over a background, "
+        "depth edges, periodic textures and large motion, 1.2-1.5x net's time",
         net_start,
         polish_and_search,
         network=True,
