@@ -7,7 +7,9 @@ images and seeds the benchmark never uses), computes the network's field once pe
 - runs :func:`regcore.polish.polish` from it (``"net"``'s Lucas–Kanade pyramid) with the defaults
   and with one parameter changed at a time (:data:`VARIANTS`);
 - fuses the default pyramid's field with :func:`regcore.patches.patch_search`'s, with the defaults
-  and with one parameter of the search or of the fusion changed at a time (:data:`PATCH_VARIANTS`),
+  and with one parameter of the search or of the fusion changed at a time (:data:`PATCH_VARIANTS`);
+- sharpens the default fusion's motion boundaries (:func:`regcore.boundaries.sharpen_boundaries`)
+  with the defaults and with other vote windows (:data:`BOUNDARY_VARIANTS`),
 
 and writes the mean endpoint error and median time of each variant to
 ``benchmarks/results/tuning/ablations.md`` (and ``.csv``). This is where the parameters were
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 import regcore
-from regcore import patches
+from regcore import boundaries, patches
 from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
@@ -45,6 +47,7 @@ SETS = (
     "photo256-large",
     "photo128-layered",
     "photo256-layered",
+    "photo256-stereo",
     "photo128-gamma",
     "photo128-sigmoid",
 )
@@ -71,13 +74,21 @@ VARIANTS: dict[str, dict | None] = {
 #: settings); None: the search's field alone.
 PATCH_VARIANTS: dict[str, tuple[dict, dict, dict] | None] = {
     "patch search alone": None,
-    "pyramid + patches, defaults": ({}, {}, {}),
+    "pyramid + patches, boundaries not sharpened": ({}, {}, {}),
     "the pyramid with its 16 px level (net's)": ({}, {}, {"schedule": SCHEDULE}),
     f"hard choice (soften 1, default {patches.FUSE_SOFTEN})": ({}, {"soften": 1}, {}),
     f"margin 0.4 (default {patches.FUSE_MARGIN:g})": ({}, {"margin": 0.4}, {}),
     f"fusion window 9 (default {patches.FUSE_WIN})": ({}, {"win": 9}, {}),
     f"floor 0.01 (default {patches.FLOOR:g})": ({"floor": 0.01}, {}, {}),
     f"patches every 4 px on the fine levels (default {patches.FINE_STRIDE})": ({"fine_stride": 4}, {}, {}),
+}
+
+
+#: name -> keyword arguments of :func:`regcore.boundaries.sharpen_boundaries`, applied to the default fusion's field.
+BOUNDARY_VARIANTS: dict[str, dict] = {
+    "pyramid + patches, boundaries sharpened (defaults)": {},
+    f"votes out to 12 px, every 4 px (default {boundaries.RADIUS}, every {boundaries.STEP})": {"radius": 12, "step": 4},
+    "votes out to 16 px, every 8 px": {"radius": 16, "step": 8},
 }
 
 
@@ -110,12 +121,17 @@ def _fused(source: np.ndarray, target: np.ndarray, polished: np.ndarray, searche
         return patches.fuse_with_patches(*images, *fields, **options)[0].numpy()
 
 
+def _sharpened(source: np.ndarray, target: np.ndarray, flow: np.ndarray, **options) -> np.ndarray:
+    images = [torch.from_numpy(image)[None, None] for image in (source, target)]
+    return boundaries.sharpen_boundaries(*images, torch.from_numpy(flow)[None], **options)[0].numpy()
+
+
 def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
     """One row per (set, variant): mean EPE (px), mean folding (%), median time per pair (s)."""
     specs = tuning_sets(EVAL_SETS)
     rows = []
     for set_name in set_names:
-        names = ("register() default", "register(method='net')", *VARIANTS, *PATCH_VARIANTS, "dis-fine")
+        names = ("register() default", "register(method='net')", *VARIANTS, *PATCH_VARIANTS, *BOUNDARY_VARIANTS, "dis-fine")
         found: dict[str, list[tuple[dict, float]]] = {name: [] for name in names}
         for pair in build_pairs(specs[set_name], pairs):
             images = (pair.source, pair.target)
@@ -145,6 +161,11 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
                 polished, polish_seconds = pyramids[key]
                 flow, seconds = _timed(_fused, *images, polished, searched, **fuse_options)
                 found[name].append((score(pair, flow), net_seconds + polish_seconds + search_seconds + seconds))
+                if variant == ({}, {}, {}):
+                    fused, fused_seconds = flow, net_seconds + polish_seconds + search_seconds + seconds
+            for name, options in BOUNDARY_VARIANTS.items():
+                flow, seconds = _timed(_sharpened, *images, fused, **options)
+                found[name].append((score(pair, flow), fused_seconds + seconds))
         for name, results in found.items():
             rows.append(
                 {
@@ -172,9 +193,13 @@ def write(rows: list[dict], out: Path, command: str) -> Path:
         f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `FUSE_LEVEL` = {FUSE_LEVEL}; patch search (`regcore/patches.py`): "
         f"`PATCH` = {patches.PATCH}, `STRIDE` = {patches.STRIDE}, `FINE_STRIDE` = {patches.FINE_STRIDE}, `FLOOR` = {patches.FLOOR:g}, "
         f"`FUSE_WIN` = {patches.FUSE_WIN}, `FUSE_MARGIN` = {patches.FUSE_MARGIN:g}, `FUSE_SOFTEN` = {patches.FUSE_SOFTEN}, "
-        f"`PYRAMID_UNDER_PATCHES` = {[tuple(level) for level in patches.PYRAMID_UNDER_PATCHES]}.",
+        f"`PYRAMID_UNDER_PATCHES` = {[tuple(level) for level in patches.PYRAMID_UNDER_PATCHES]}; boundaries "
+        f"(`regcore/boundaries.py`): `RADIUS` = {boundaries.RADIUS}, `STEP` = {boundaries.STEP}, `STEEP` = {boundaries.STEEP:g}, "
+        f"`REACH` = {boundaries.REACH}, `SIGMA_INTENSITY` = {boundaries.SIGMA_INTENSITY:g}, `CONFIDENCE` = {boundaries.CONFIDENCE:g}, "
+        f"`KAPPA` = {boundaries.KAPPA:g}, `HOLD` = {boundaries.HOLD:g}.",
         "Each pyramid variant changes one of the pyramid's parameters and starts from the same network field; each fusion",
-        "variant changes one of the search's or the fusion's and fuses the default pyramid's field;",
+        "variant changes one of the search's or the fusion's and fuses the default pyramid's field; each boundary variant",
+        "sharpens the default fusion's field with other vote windows;",
         "`register() default` is the whole default path (the search beside the pyramid), `register(method='net')` the pyramid",
         "without the search, `dis-fine` OpenCV's DIS at its fine setting, for reference.",
         "EPE: mean over pairs of the interior endpoint error (px); time: median per pair, the network's pass included.",

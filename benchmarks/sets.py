@@ -36,6 +36,7 @@ from regcore.data import (
     motion_fields,
     paint_labels,
     photo_gray,
+    stereo_motion,
 )
 
 __all__ = [
@@ -89,7 +90,7 @@ class EvalSet:
         max_disp: largest displacement of the random fields, pixels (smooth: each field's peak is
             drawn in ``[0.2, 1] * max_disp``; large: an affine motion up to that plus a bend up to
             a third of it; layered: objects move up to that, the background up to half of it).
-        motion: ``"smooth"``, ``"large"`` or ``"layered"`` (:data:`regcore.data.MOTIONS`).
+        motion: ``"smooth"``, ``"large"``, ``"layered"`` or ``"stereo"`` (:data:`regcore.data.MOTIONS`).
         contrast: one of :data:`CONTRASTS`, applied to the target.
         noise: std of Gaussian noise added independently to source and target (0 = none).
         seed: the generator seed; the same seed gives the same pairs.
@@ -116,7 +117,7 @@ class EvalSet:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        if self.kind == "labels" and (self.contrast not in ("none", "augment") or self.motion == "layered"):
+        if self.kind == "labels" and (self.contrast not in ("none", "augment") or self.motion in ("layered", "stereo")):
             raise ValueError("label images take contrast 'none' or 'augment' and motion 'smooth' or 'large'")
         if self.kind == "photo" and self.contrast == "augment":
             raise ValueError("contrast 'augment' is for label images")
@@ -137,6 +138,7 @@ EVAL_SETS: dict[str, EvalSet] = {
     "photo256-large": _large("photo", 256, "large", 10256),
     "photo128-layered": _large("photo", 128, "layered", 11128),
     "photo256-layered": _large("photo", 256, "layered", 11256),
+    "photo256-stereo": _large("photo", 256, "stereo", 13256),
     "photo128-gamma": EvalSet("photo", 128, 8.0, contrast="gamma", seed=2128),
     "photo128-invert": EvalSet("photo", 128, 8.0, contrast="invert", seed=3128),
     "photo128-sigmoid": EvalSet("photo", 128, 8.0, contrast="sigmoid", seed=12128),
@@ -178,6 +180,8 @@ def describe(spec: EvalSet) -> str:
         "large": f"affine motion up to {spec.max_disp:g} px plus a smooth bend up to a third of it",
         "layered": f"1-3 objects (other photographs of the set) moving up to {spec.max_disp:g} px over a background "
         "moving up to half of it",
+        "stereo": f"stereo-like: the right and left views of 2-4 objects (other photographs of the set) as slanted planes "
+        f"over a slanted background, horizontal disparity up to about {spec.max_disp:g} px, with occlusions",
     }[spec.motion]
     change = {
         "gamma": ", target gamma 0.5 or 2",
@@ -278,7 +282,7 @@ def tuning_photos(size: int, count: int = TUNING_COUNT) -> tuple[tuple[str, ...]
 def _photos(spec: EvalSet) -> tuple[tuple[str, ...], Tensor]:
     """The photographs the set uses, ``(N, 1, size, size)``: its backgrounds, or every one when
     layered (the objects are photographs of the set too)."""
-    count = None if spec.motion == "layered" else spec.count
+    count = None if spec.motion in ("layered", "stereo") else spec.count
     if spec.images == "tuning":
         names, images = tuning_photos(spec.size, count or TUNING_COUNT)
     else:
@@ -314,8 +318,8 @@ def _photo_batch(spec: EvalSet, g: torch.Generator) -> tuple[tuple[str, ...], Te
         raise ValueError(f"{spec.count} pairs asked, {len(names)} photographs available")
     n, size = spec.count, (spec.size, spec.size)
     background = photos[:n]
-    if spec.motion == "layered":
-        layers = layered_motion(n, size, spec.max_disp, g)
+    if spec.motion in ("layered", "stereo"):
+        layers = (layered_motion if spec.motion == "layered" else stereo_motion)(n, size, spec.max_disp, g)
         # Object k over pair i's background is photograph i + 3 + k: every image a photograph of the set.
         objects = [photos[(torch.arange(n) + 3 + k) % len(names)] for k in range(len(layers.masks))]
         source, target, flow = layered_pairs(background, objects, layers, resample=resample)

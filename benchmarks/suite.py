@@ -3,8 +3,8 @@
 The reusable parts of ``python -m benchmarks.run`` (:mod:`benchmarks.run`):
 
 - The evaluation sets are :mod:`benchmarks.sets` (:func:`~benchmarks.sets.build_pairs`): real
-  photographs bundled with scikit-image (never used in training) under smooth, large and layered
-  motion, some with a contrast change or noise, generated label-map images, and one real stereo
+  photographs bundled with scikit-image (never used in training) under smooth, large, layered
+  and stereo-like motion, some with a contrast change or noise, generated label-map images, and one real stereo
   pair, each with its true field; pairs are deformed by SciPy's cubic spline, not by regcore.
 - Method adapters (:func:`classical_methods`, :func:`regcore_methods`): each returns a field in
   the project's convention, ``(2, H, W)`` float32 pixels, channel 0 rows, backward warp, so
@@ -555,7 +555,16 @@ def markdown_table(summary: Sequence[dict], set_name: str) -> str:
 #: :data:`BAR_TIME_RATIO` times its median time; contrast-changed sets and their EPE ceiling (px);
 #: sets and the folding ceiling (%).
 BAR_PEER = "dis-fine"
-BAR_PHOTO_SETS = ("photo128", "photo256", "photo128-large", "photo256-large", "photo128-layered", "photo256-layered", "stereo256")
+BAR_PHOTO_SETS = (
+    "photo128",
+    "photo256",
+    "photo128-large",
+    "photo256-large",
+    "photo128-layered",
+    "photo256-layered",
+    "photo256-stereo",
+    "stereo256",
+)
 BAR_TIME_RATIO = 2.0
 BAR_CONTRAST_SETS = ("photo128-gamma", "photo128-invert", "photo128-sigmoid")
 BAR_CONTRAST_EPE = 0.15

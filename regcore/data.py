@@ -51,6 +51,7 @@ __all__ = [
     "photo_pairs",
     "random_fields",
     "smooth_noise",
+    "stereo_motion",
     "texture_images",
 ]
 
@@ -155,7 +156,7 @@ class Batch:
 
 
 #: Kinds of motion :func:`make_batch` can generate (see :func:`motion_fields` and :func:`layered_pairs`).
-MOTIONS = ("smooth", "large", "layered")
+MOTIONS = ("smooth", "large", "layered", "stereo")
 
 
 def affine_fields(n: int, size: tuple[int, int], max_disp: float, g: torch.Generator) -> Tensor:
@@ -244,6 +245,41 @@ def layered_motion(n: int, size: tuple[int, int], max_disp: float, g: torch.Gene
     return Layers(background, masks, fields)
 
 
+def _planes(n: int, size: tuple[int, int], lo: float, hi: float, tilt: float, g: torch.Generator) -> Tensor:
+    """Random planes over the image ``(n, H, W)``: a value in ``[lo, hi]`` at the centre, rising or
+    falling by up to ``tilt`` across each axis."""
+    h, w = size
+    rows = (torch.arange(h, dtype=torch.float32) / max(h - 1, 1) - 0.5).view(1, h, 1)
+    cols = (torch.arange(w, dtype=torch.float32) / max(w - 1, 1) - 0.5).view(1, 1, w)
+    level = _uniform(n, lo, hi, g).view(n, 1, 1)
+    return level + _uniform(n, -tilt, tilt, g).view(n, 1, 1) * cols + _uniform(n, -tilt, tilt, g).view(n, 1, 1) * rows
+
+
+def stereo_motion(n: int, size: tuple[int, int], max_disp: float, g: torch.Generator, max_objects: int = 4) -> Layers:
+    """A random stereo-like :class:`Layers`: the source is the right view and the target the left one
+    of a scene of slanted planes, so every field is horizontal, ``(0, -d)`` for a disparity ``d >= 0``.
+
+    The background's disparity is a plane of 5-30% of ``max_disp`` at the centre, tilted by up to 30%
+    across the image (clipped at zero); then 2 to ``max_objects`` objects, each nearer than the one
+    before (a larger disparity, by 10% of ``max_disp`` up to its share of 70%), each a tilted plane.
+    Objects hide what is behind them differently in the two views (occlusions), as in real stereo pairs.
+    """
+
+    def field(disparity: Tensor) -> Tensor:
+        return torch.stack((torch.zeros_like(disparity), -disparity), 1)
+
+    background = _planes(n, size, 0.05 * max_disp, 0.3 * max_disp, 0.3 * max_disp, g).clamp(min=0)
+    count = int(torch.randint(2, max_objects + 1, (1,), generator=g))
+    depth = background.mean((1, 2))
+    masks, fields = [], []
+    for _ in range(count):
+        disparity = depth.view(n, 1, 1) + _planes(n, size, 0.1 * max_disp, 0.7 * max_disp / count, 0.15 * max_disp, g)
+        depth = disparity.mean((1, 2))
+        masks.append(blob_masks(n, size, g))
+        fields.append(field(disparity))
+    return Layers(field(background), masks, fields)
+
+
 def layered_pairs(
     background: Tensor, objects: list[Tensor], layers: Layers, resample: Callable[[Tensor, Tensor], Tensor] = warp
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -281,12 +317,13 @@ def make_batch(
     Args:
         kind: images: ``"labels"``, ``"texture"`` or ``"mix"`` (half of each).
         contrast: apply independent intensity changes (bias, gamma, noise) to source and target.
-        motion: ``"smooth"`` (random smooth bends), ``"large"`` (affine + smooth) or
-            ``"layered"`` (objects moving over a moving background, :func:`layered_motion`).
+        motion: ``"smooth"`` (random smooth bends), ``"large"`` (affine + smooth),
+            ``"layered"`` (objects moving over a moving background, :func:`layered_motion`) or
+            ``"stereo"`` (slanted planes seen from two viewpoints, :func:`stereo_motion`).
     """
     images = _images(n, size, g, kind)
-    if motion == "layered":
-        layers = layered_motion(n, size, max_disp, g)
+    if motion in ("layered", "stereo"):
+        layers = (layered_motion if motion == "layered" else stereo_motion)(n, size, max_disp, g)
         objects = [_images(n, size, g, kind) for _ in layers.masks]
         source, target, flow = layered_pairs(images, objects, layers)
     else:

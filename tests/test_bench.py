@@ -5,6 +5,7 @@ fixed and deformed independently of regcore, the scores mean what they say, and
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 
 from benchmarks import run, sets, suite
 from regcore import pipeline
-from regcore.data import PHOTO_NAMES, load_photo, random_fields
+from regcore.data import PHOTO_NAMES, load_photo, random_fields, stereo_motion
 from regcore.metrics import endpoint_error
 from regcore.warp import warp
 
@@ -150,6 +151,23 @@ def test_large_and_layered_motion_sets():
         # The target is the source moved by the true field, except where the motion uncovers background.
         explained = np.abs(_resampled(pair.source, pair.flow) - pair.target) < 0.02
         assert explained.mean() > 0.7
+
+
+def test_stereo_like_sets_move_along_rows_only_and_nearer_objects_move_more():
+    spec = sets.EvalSet("photo", 96, 0.15 * 96, motion="stereo", seed=7, count=3)
+    pairs = sets.build_pairs(spec)
+    for pair in pairs:
+        # Right view to left view: every true field is (0, -disparity), disparity >= 0 and up to about max_disp.
+        assert np.all(pair.flow[0] == 0) and pair.flow[1].max() <= 0 and -pair.flow[1].min() < 1.2 * spec.max_disp
+        # Objects sit over the background at larger disparities, with sharp jumps at their outlines.
+        assert np.abs(np.diff(pair.flow[1], axis=-1)).max() > 1.0
+        explained = np.abs(_resampled(pair.source, pair.flow) - pair.target) < 0.02
+        assert explained.mean() > 0.7
+    layers = stereo_motion(2, (64, 64), 10.0, torch.Generator().manual_seed(0))
+    depths = [-layer[:, 1].mean() for layer in (layers.background, *layers.fields)]
+    assert all(near > far for far, near in itertools.pairwise(depths))
+    with pytest.raises(ValueError, match="label images"):
+        sets.EvalSet("labels", 64, 4.0, motion="stereo")
 
 
 def _spread(image: np.ndarray, labels: np.ndarray) -> float:
