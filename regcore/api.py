@@ -393,7 +393,10 @@ def register(
             (below ``INVERTED_BELOW``), the target's contrast is taken as inverted and the field
             is found against ``1 - target`` (a note says so; ``warped`` and the scores still use
             the target as given). Signed local NCC, which the shipped models learned, reads an
-            inversion as a mismatch everywhere. ``"keep"``: never invert.
+            inversion as a mismatch everywhere. Then, when the two intensity distributions clearly
+            differ (a steep gamma or sigmoid of contrast, :mod:`regcore.contrast`), the target's
+            intensities are matched to the source's for the search (a note says so).
+            ``"keep"``: neither.
         presmooth: what the optimisation (``"net+refine"``, ``"optimize"``) compares. ``"auto"``:
             when :func:`regcore.noise.noise_std` finds noise above ``NOISY_ABOVE`` in either
             image, both are smoothed (Gaussian, ``SMOOTH_SIGMA`` px) and compared over a wider

@@ -41,6 +41,7 @@ from torch import Tensor
 from .boundaries import sharpen_boundaries
 from .checkpoints import available_models, load_model
 from .classical import dis_flow, farneback_flow, ilk_flow, tvl1_flow
+from .contrast import DIFFERENT_ABOVE, histogram_distance, match_histogram
 from .errors import RegcoreError
 from .inference import network_flow
 from .io import ImageLike, input_label, load_image
@@ -261,8 +262,9 @@ class Work:
 
 def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Choice, notes: list[str], start: float) -> Work:
     """The working pair: target resampled to the source's size, longer side capped at
-    ``max_side``, and the target's contrast inverted when ``polarity="auto"`` finds the pair
-    anti-correlated (below :data:`INVERTED_BELOW`); each of these adds a note.
+    ``max_side``, and with ``polarity="auto"`` the target's contrast inverted when the pair is
+    anti-correlated (below :data:`INVERTED_BELOW`) and its intensities matched to the source's when
+    their distributions clearly differ (:mod:`regcore.contrast`); each of these adds a note.
 
     Raises:
         RegcoreError: capping the longer side would leave the shorter one under ``MIN_SIDE`` px
@@ -295,6 +297,7 @@ def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Ch
                 f"source and target are anti-correlated ({correlation:.2f}): the target's contrast was taken as inverted"
                 " and the field found against its negative"
             )
+        tgt_w = _matched(src_w, tgt_w, notes)
     default_steps = METHODS[choice.method].default_steps
     steps = options.refine_steps if options.refine_steps is not None else default_steps
     return Work(src_w, tgt_w, given_w, src_t, tgt_t, options, choice.net, notes, steps, start)
@@ -303,6 +306,20 @@ def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Ch
 # ---------------------------------------------------------------------------------------------
 # 2. Initial fields
 # ---------------------------------------------------------------------------------------------
+
+
+def _matched(source: Tensor, target: Tensor, notes: list[str]) -> Tensor:
+    """``target`` ``(1, 1, h, w)``, its intensities matched to ``source``'s where their distributions clearly differ
+    (:mod:`regcore.contrast`), with a note; else ``target`` itself."""
+    src, tgt = source[0, 0].cpu().numpy(), target[0, 0].cpu().numpy()
+    distance = histogram_distance(src, tgt)
+    if distance <= DIFFERENT_ABOVE:
+        return target
+    notes.append(
+        f"the images' intensity distributions differ (mean quantile difference {distance:.2f}): the field was found"
+        " with the target's intensities matched to the source's (a change of contrast)"
+    )
+    return torch.from_numpy(match_histogram(tgt, src))[None, None].to(target.device)
 
 
 def zero_start(work: Work) -> None:
