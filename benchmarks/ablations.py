@@ -34,7 +34,7 @@ import torch
 
 import regcore
 from regcore import boundaries, patches
-from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, Level, polish
+from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, SPREAD_FACTOR, Level, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
 from .suite import machine_description, score, write_csv
@@ -190,7 +190,8 @@ def write(rows: list[dict], out: Path, command: str) -> Path:
         "",
         f"Written by `{command}` (`benchmarks/ablations.py`). Machine: {machine_description()}.",
         f"Defaults: `SCHEDULE` = {[tuple(level) for level in SCHEDULE]} (block size, steps), `NORM_WIN` = {NORM_WIN}, "
-        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `FUSE_LEVEL` = {FUSE_LEVEL}; patch search (`regcore/patches.py`): "
+        f"`LK_WIN` = {LK_WIN}, `SPREAD` = {SPREAD:g}, `SPREAD_FACTOR` = {SPREAD_FACTOR}, `FUSE_LEVEL` = {FUSE_LEVEL}; "
+        "patch search (`regcore/patches.py`): "
         f"`PATCH` = {patches.PATCH}, `STRIDE` = {patches.STRIDE}, `FINE_STRIDE` = {patches.FINE_STRIDE}, `FLOOR` = {patches.FLOOR:g}, "
         f"`FUSE_WIN` = {patches.FUSE_WIN}, `FUSE_MARGIN` = {patches.FUSE_MARGIN:g}, `FUSE_SOFTEN` = {patches.FUSE_SOFTEN}, "
         f"`PYRAMID_UNDER_PATCHES` = {[tuple(level) for level in patches.PYRAMID_UNDER_PATCHES]}; boundaries "
