@@ -55,8 +55,9 @@ __all__ = [
 
 #: Farthest voting neighbour (pixels, along each axis): as far as a band's far side and beyond it.
 RADIUS = 24
-#: Pixels between voting neighbours (``(2 * RADIUS / STEP + 1)²`` = 49 votes).
-STEP = 8
+#: Pixels between voting neighbours (``(2 * RADIUS / STEP + 1)²`` = 25 votes; every 8 px, 49 votes, cost twice
+#: the time for the same accuracy on the tuning pairs but for layered motion at 128², 3% better).
+STEP = 12
 #: The field's slope (px per px) above which a jump may be near. Smooth and affine motion of the
 #: benchmark's sizes stays under it; a jump of a few pixels blurred over a few pixels does not.
 STEEP = 0.75

@@ -25,11 +25,21 @@ PIECES = 16
 DIFFERENT_ABOVE = 0.055
 #: Quantiles :func:`histogram_distance` compares (the extremes left out: a few pixels move them).
 _LEVELS = np.linspace(0.02, 0.98, 25)
+#: Bins of the intensity histogram the quantiles are read from (a sort of every pixel took 3 ms at 256²).
+_BINS = 1024
+
+
+def _quantiles(image: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``image``'s quantiles at ``levels`` (in [0, 1]), read from a :data:`_BINS`-bin histogram over
+    [0, 1], linear inside a bin: within 1 / _BINS of the exact ones."""
+    counts = np.bincount(np.clip((image.ravel() * _BINS).astype(np.intp), 0, _BINS - 1), minlength=_BINS)
+    cumulative = np.concatenate(([0.0], np.cumsum(counts) / image.size))
+    return np.interp(levels, cumulative, np.linspace(0.0, 1.0, _BINS + 1))
 
 
 def histogram_distance(source: np.ndarray, target: np.ndarray) -> float:
     """Mean absolute difference (intensity, images in [0, 1]) between the 2%, 6%, ..., 98% quantiles of two ``(H, W)`` images."""
-    return float(np.abs(np.quantile(source, _LEVELS) - np.quantile(target, _LEVELS)).mean())
+    return float(np.abs(_quantiles(source, _LEVELS) - _quantiles(target, _LEVELS)).mean())
 
 
 def match_histogram(image: np.ndarray, reference: np.ndarray, pieces: int = PIECES) -> np.ndarray:

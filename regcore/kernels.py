@@ -25,7 +25,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-__all__ = ["arrays", "box_mean", "compiled", "gradients", "local_normalise", "pool", "tensor", "upsample_add", "warp"]
+__all__ = ["arrays", "box_mean", "compiled", "gradients", "local_normalise", "pool", "resample_field", "tensor", "upsample_add", "warp"]
 
 
 def arrays(batch: Tensor) -> np.ndarray:
@@ -185,3 +185,15 @@ def upsample_add(coarse: np.ndarray, weight: float, out: np.ndarray) -> None:
                 top = (one - fx) * upper[left[x]] + fx * upper[right[x]]
                 bottom = (one - fx) * lower[left[x]] + fx * lower[right[x]]
                 o[x] += scale * ((one - fy) * top + fy * bottom)
+
+
+def resample_field(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``(2, h, w)`` field in pixels on a grid of ``size`` made by :func:`pool` (pixel centres matched,
+    vectors scaled by the size ratio: :func:`regcore.polish.resample_flow` without PyTorch)."""
+    if flow.shape[1:] == tuple(size):
+        return flow
+    out = np.zeros((2, *size), np.float32)
+    upsample_add(flow, 1.0, out)
+    out[0] *= size[0] / flow.shape[1]
+    out[1] *= size[1] / flow.shape[2]
+    return out

@@ -303,20 +303,9 @@ def _search_pair(source: np.ndarray, target: np.ndarray, factors: Sequence[int],
         src, tgt = (image if factor == 1 else kernels.pool(image[None], factor)[0] for image in (source, target))
         if min(src.shape) < max(min(MIN_LEVEL, min(size)), PATCH):
             continue
-        flow = np.zeros((2, *src.shape), np.float32) if flow is None else _resampled(flow, src.shape)
+        flow = np.zeros((2, *src.shape), np.float32) if flow is None else kernels.resample_field(flow, src.shape)
         flow = _search(tgt, src, flow, PATCH, fine_stride if factor <= 2 else stride, ITERATIONS, floor, RIDGE)
-    return np.zeros((2, *size), np.float32) if flow is None else _resampled(flow, size)
-
-
-def _resampled(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A ``(2, h, w)`` field on another pyramid level (:func:`regcore.polish.resample_flow`'s convention)."""
-    if flow.shape[1:] == tuple(size):
-        return flow
-    out = np.zeros((2, *size), np.float32)
-    kernels.upsample_add(flow, 1.0, out)
-    out[0] *= size[0] / flow.shape[1]
-    out[1] *= size[1] / flow.shape[2]
-    return out
+    return np.zeros((2, *size), np.float32) if flow is None else kernels.resample_field(flow, size)
 
 
 def fuse_with_patches(

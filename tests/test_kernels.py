@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from regcore import kernels
 from regcore.filters import box_mean
+from regcore.polish import resample_flow
 from regcore.warp import warp
 
 SIZES = [(23, 31), (64, 64), (5, 40)]
@@ -66,6 +67,14 @@ def test_pool_and_upsample_add_are_avg_pool2d_and_interpolate(size):
     kernels.upsample_add(pooled, 0.5, out)
     expected = 1 + 0.5 * F.interpolate(torch.from_numpy(pooled)[None], size=size, mode="bilinear", align_corners=False)[0].numpy()
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("size", "to"), [((23, 31), (46, 62)), ((64, 64), (16, 16)), ((5, 40), (9, 79))])
+def test_resample_field_is_polish_resample_flow(size, to):
+    flow = np.random.default_rng(3).normal(0, 3, (2, *size)).astype(np.float32)
+    expected = resample_flow(torch.from_numpy(flow)[None], to)[0].numpy()
+    np.testing.assert_allclose(kernels.resample_field(flow, to), expected, rtol=1e-5, atol=1e-4)
+    assert kernels.resample_field(flow, size) is flow
 
 
 def _twice(x: float) -> float:

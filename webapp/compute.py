@@ -58,7 +58,7 @@ def _t(image: np.ndarray) -> torch.Tensor:
 
 def warm_up(model: str | None) -> None:
     """One registration of a small pair with the default method: its compiled loops (numba: the
-    pyramid's steps and the patch search) are loaded from disk, or compiled in a fresh environment
+    pyramid's steps, the patch search, the boundary sharpening) are loaded from disk, or compiled in a fresh environment
     (about 15 s on a 2-core CPU), before the first visitor rather than during the first request."""
     image = load_photo("camera", 64)
     register(image, np.roll(image, 2, axis=1), model=resolve_model(model))
