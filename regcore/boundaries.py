@@ -131,21 +131,22 @@ def _near_steep(flow, radius):
                 if 0 < y < h - 1:
                     m = max(m, abs(flow[c, y + 1, x] - flow[c, y - 1, x]) * np.float32(0.5))
             slope[y, x] = m
-    along = np.empty((h, w), np.float32)
+    # The largest slope within radius: a running maximum along rows, then along columns.
+    return np.ascontiguousarray(_running_max(np.ascontiguousarray(_running_max(slope, radius).T), radius).T)
+
+
+@kernels.compiled
+def _running_max(x, radius):
+    """``(h, w)``: the maximum of ``x`` over ``radius`` pixels either side along each row."""
+    h, w = x.shape
+    out = np.empty((h, w), np.float32)
     for y in range(h):
-        for x in range(w):
-            m = slope[y, x]
-            for xx in range(max(0, x - radius), min(w, x + radius + 1)):
-                m = max(m, slope[y, xx])
-            along[y, x] = m
-    near = np.empty((h, w), np.float32)
-    for y in range(h):
-        for x in range(w):
-            m = along[y, x]
-            for yy in range(max(0, y - radius), min(h, y + radius + 1)):
-                m = max(m, along[yy, x])
-            near[y, x] = m
-    return near
+        for i in range(w):
+            m = x[y, i]
+            for j in range(max(0, i - radius), min(w, i + radius + 1)):
+                m = max(m, x[y, j])
+            out[y, i] = m
+    return out
 
 
 @kernels.compiled

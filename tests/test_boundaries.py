@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 import regcore
-from regcore.boundaries import sharpen_boundaries
+from regcore.boundaries import _near_steep, sharpen_boundaries
 from regcore.data import affine_fields, load_photo
 from regcore.filters import box_mean
 from regcore.warp import warp
@@ -56,3 +57,14 @@ def test_a_flat_field_far_from_any_jump_is_untouched_and_a_batch_is_done_pair_by
     torch.testing.assert_close(batch[:1], sharpen_boundaries(source, target, blurred))
     assert torch.equal(batch[1:], still)
     assert np.isfinite(batch.numpy()).all()
+
+
+def test_the_gate_is_the_field_s_steepest_slope_within_reach():
+    flow = np.random.default_rng(0).normal(0, 1, (2, 40, 57)).astype(np.float32)
+    slope = np.zeros((40, 57), np.float32)
+    for component in flow:
+        across, down = np.zeros_like(slope), np.zeros_like(slope)
+        across[:, 1:-1] = np.abs(component[:, 2:] - component[:, :-2]) / 2
+        down[1:-1] = np.abs(component[2:] - component[:-2]) / 2
+        slope = np.maximum(slope, np.maximum(across, down))
+    np.testing.assert_array_equal(_near_steep(flow, 3), ndimage.maximum_filter(slope, size=7, mode="nearest"))
