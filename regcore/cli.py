@@ -30,7 +30,12 @@ def _registration_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--refine-steps", type=int, default=None, help="optimisation steps per pyramid level (net+refine, optimize)")
     r.add_argument("--similarity", choices=["ncc", "ncc2", "gncc", "mse"], default="ncc", help="optimisation similarity")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    r.add_argument("--polarity", choices=POLARITIES, default="auto", help="auto: register an anti-correlated target as inverted contrast")
+    r.add_argument(
+        "--polarity",
+        choices=POLARITIES,
+        default="auto",
+        help="auto: take an anti-correlated target as inverted, and match a clearly different histogram to the source's",
+    )
     r.add_argument(
         "--presmooth", choices=PRESMOOTH_MODES, default="auto", help="auto: the optimisation compares smoothed images when they look noisy"
     )
