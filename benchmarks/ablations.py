@@ -27,10 +27,12 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 import regcore
 from regcore import boundaries, patches
@@ -103,27 +105,18 @@ def _field(source: np.ndarray, target: np.ndarray, **options) -> np.ndarray:
     return regcore.register(source, target, **options).flow
 
 
-def _polished(source: np.ndarray, target: np.ndarray, start: np.ndarray, **options) -> np.ndarray:
-    with torch.inference_mode():
-        images = (torch.from_numpy(image)[None, None] for image in (source, target))
-        return polish(*images, torch.from_numpy(start)[None], **options)[0].numpy()
-
-
-def _searched(source: np.ndarray, target: np.ndarray, **options) -> np.ndarray:
-    with torch.inference_mode():
-        return patches.patch_search(torch.from_numpy(source)[None, None], torch.from_numpy(target)[None, None], **options)[0].numpy()
-
-
-def _fused(source: np.ndarray, target: np.ndarray, polished: np.ndarray, searched: np.ndarray, **options) -> np.ndarray:
+def _on_pair(fn: Callable[..., Tensor], source: np.ndarray, target: np.ndarray, *fields: np.ndarray, **options) -> np.ndarray:
+    """``fn``, a function of batches (``(1, 1, H, W)`` images, then ``(1, 2, H, W)`` fields), on one pair of
+    ``(H, W)`` arrays and ``(2, H, W)`` fields: its field as ``(2, H, W)``."""
     images = [torch.from_numpy(image)[None, None] for image in (source, target)]
-    fields = [torch.from_numpy(field)[None] for field in (polished, searched)]
     with torch.inference_mode():
-        return patches.fuse_with_patches(*images, *fields, **options)[0].numpy()
+        return fn(*images, *(torch.from_numpy(field)[None] for field in fields), **options)[0].numpy()
 
 
-def _sharpened(source: np.ndarray, target: np.ndarray, flow: np.ndarray, **options) -> np.ndarray:
-    images = [torch.from_numpy(image)[None, None] for image in (source, target)]
-    return boundaries.sharpen_boundaries(*images, torch.from_numpy(flow)[None], **options)[0].numpy()
+_polished = partial(_on_pair, polish)
+_searched = partial(_on_pair, patches.patch_search)
+_fused = partial(_on_pair, patches.fuse_with_patches)
+_sharpened = partial(_on_pair, boundaries.sharpen_boundaries)
 
 
 def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:

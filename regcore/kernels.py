@@ -25,7 +25,19 @@ import torch
 from numba import njit
 from torch import Tensor
 
-__all__ = ["arrays", "box_mean", "compiled", "gradients", "local_normalise", "pool", "resample_field", "tensor", "upsample_add", "warp"]
+__all__ = [
+    "arrays",
+    "box_mean",
+    "compiled",
+    "gradients",
+    "local_normalise",
+    "pool",
+    "pooled",
+    "resample_field",
+    "tensor",
+    "upsample_add",
+    "warp",
+]
 
 
 def arrays(batch: Tensor) -> np.ndarray:
@@ -185,6 +197,11 @@ def upsample_add(coarse: np.ndarray, weight: float, out: np.ndarray) -> None:
                 top = (one - fx) * upper[left[x]] + fx * upper[right[x]]
                 bottom = (one - fx) * lower[left[x]] + fx * lower[right[x]]
                 o[x] += scale * ((one - fy) * top + fy * bottom)
+
+
+def pooled(image: np.ndarray, factor: int) -> np.ndarray:
+    """An ``(h, w)`` image averaged over ``factor × factor`` blocks (:func:`pool`; the image itself when ``factor`` is 1)."""
+    return image if factor == 1 else pool(image[None], factor)[0]
 
 
 def resample_field(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -300,7 +300,7 @@ def _search_pair(source: np.ndarray, target: np.ndarray, factors: Sequence[int],
     size = source.shape
     flow = None
     for factor in factors:
-        src, tgt = (image if factor == 1 else kernels.pool(image[None], factor)[0] for image in (source, target))
+        src, tgt = kernels.pooled(source, factor), kernels.pooled(target, factor)
         if min(src.shape) < max(min(MIN_LEVEL, min(size)), PATCH):
             continue
         flow = np.zeros((2, *src.shape), np.float32) if flow is None else kernels.resample_field(flow, src.shape)
