@@ -50,6 +50,7 @@ __all__ = [
     "SIGMA_INTENSITY",
     "STEEP",
     "STEP",
+    "near_steep",
     "sharpen_boundaries",
 ]
 
@@ -93,13 +94,13 @@ def sharpen_boundaries(source: Tensor, target: Tensor, flow: Tensor, radius: int
         ``(N, 2, H, W)`` in pixels: ``flow`` where it is smooth, one side's motion near each jump.
     """
     lut = np.exp(-0.5 * (np.arange(257, dtype=np.float32) / 256 / SIGMA_INTENSITY) ** 2).astype(np.float32)
-    settings = (radius, step, np.float32(STEEP), np.float32(KAPPA), np.float32(JUMP), np.float32(ON_SIDE), np.float32(HOLD), ITERATIONS)
+    settings = (radius, step, np.float32(KAPPA), np.float32(JUMP), np.float32(ON_SIDE), np.float32(HOLD), ITERATIONS)
     out = []
     for src, tgt, field in zip(kernels.arrays(source), kernels.arrays(target), kernels.arrays(flow), strict=True):
         warped, confidence = np.empty_like(tgt), np.empty_like(tgt)
         kernels.warp(src, field, warped)
         _confidence(warped, tgt, np.float32(CONFIDENCE), confidence)
-        near = _near_steep(field, REACH)
+        near = near_steep(field, REACH, STEEP)
         sharpened = field.copy()
         # Every other row to each thread: jumps are rarely spread evenly over the image.
         jobs = [_ROWS.submit(_vote, field, tgt, confidence, near, lut, first, *settings, sharpened) for first in (0, 1)]
@@ -118,39 +119,48 @@ def _confidence(warped, target, scale, out):
 
 
 @kernels.compiled
-def _near_steep(flow, radius):
-    """``(h, w)``: the largest slope of ``flow`` (px per px, central differences) within ``radius`` (Chebyshev)."""
+def near_steep(flow: np.ndarray, radius: int, steep: float) -> np.ndarray:
+    """``(h, w)`` bool: within ``radius`` px (Chebyshev) of a pixel where the slope of ``flow`` ``(2, h, w)``
+    (the larger central difference of either component, px per px; 0 at the border pixels) is at least
+    ``steep``. The gate of this module and of :mod:`regcore.variational`."""
     _, h, w = flow.shape
-    slope = np.zeros((h, w), np.float32)
+    half = np.float32(0.5)
+    marked = np.zeros((h, w), np.bool_)
     for y in range(h):
         for x in range(w):
             m = np.float32(0.0)
             for c in range(2):
                 if 0 < x < w - 1:
-                    m = max(m, abs(flow[c, y, x + 1] - flow[c, y, x - 1]) * np.float32(0.5))
+                    m = max(m, abs(flow[c, y, x + 1] - flow[c, y, x - 1]) * half)
                 if 0 < y < h - 1:
-                    m = max(m, abs(flow[c, y + 1, x] - flow[c, y - 1, x]) * np.float32(0.5))
-            slope[y, x] = m
-    # The largest slope within radius: a running maximum along rows, then along columns.
-    return np.ascontiguousarray(_running_max(np.ascontiguousarray(_running_max(slope, radius).T), radius).T)
+                    m = max(m, abs(flow[c, y + 1, x] - flow[c, y - 1, x]) * half)
+            marked[y, x] = m >= steep
+    # Grown along rows, then along columns.
+    return np.ascontiguousarray(_grow(np.ascontiguousarray(_grow(marked, radius).T), radius).T)
 
 
 @kernels.compiled
-def _running_max(x, radius):
-    """``(h, w)``: the maximum of ``x`` over ``radius`` pixels either side along each row."""
-    h, w = x.shape
-    out = np.empty((h, w), np.float32)
+def _grow(marked, radius):
+    """``(h, w)`` bool: within ``radius`` pixels of a marked one along its row (two passes, whatever the radius)."""
+    h, w = marked.shape
+    out = np.zeros((h, w), np.bool_)
+    far = w + radius + 1
     for y in range(h):
-        for i in range(w):
-            m = x[y, i]
-            for j in range(max(0, i - radius), min(w, i + radius + 1)):
-                m = max(m, x[y, j])
-            out[y, i] = m
+        last = -far
+        for x in range(w):
+            if marked[y, x]:
+                last = x
+            out[y, x] = x - last <= radius
+        last = far + w
+        for x in range(w - 1, -1, -1):
+            if marked[y, x]:
+                last = x
+            out[y, x] = out[y, x] or last - x <= radius
     return out
 
 
 @kernels.compiled
-def _vote(flow, guide, confidence, near, lut, first, radius, step, steep, kappa, jump, on_side, hold, iterations, out):
+def _vote(flow, guide, confidence, near, lut, first, radius, step, kappa, jump, on_side, hold, iterations, out):
     """Every other row from ``first`` of :func:`sharpen_boundaries` for one pair, written into ``out`` ``(2, h, w)``."""
     _, h, w = flow.shape
     reach = (radius // step) * step
@@ -159,7 +169,7 @@ def _vote(flow, guide, confidence, near, lut, first, radius, step, steep, kappa,
     zero = np.float32(0.0)
     for y in range(first, h, 2):
         for x in range(w):
-            if near[y, x] < steep:
+            if not near[y, x]:
                 continue
             centre = guide[y, x]
             k, total = 0, zero

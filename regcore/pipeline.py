@@ -52,6 +52,7 @@ from .optimize import optimize_flow, pyramid_levels
 from .patches import PYRAMID_UNDER_PATCHES, fuse_with_patches, patch_search
 from .polish import SCHEDULE, Level, downsample, resample_flow
 from .polish import polish as polish_flow
+from .variational import refine_near_boundaries
 from .volumes import Slicing
 from .warp import resize_image
 
@@ -242,6 +243,7 @@ class Work:
         options, net, notes: register()'s options, the network (or None), the notes so far.
         steps: optimisation steps per pyramid level (``refine_steps`` or the method's default).
         start: ``time.perf_counter()`` when the request began, before decoding (for ``timeout_s``).
+        remapped: whether ``target``'s intensities were matched to the source's (:mod:`regcore.contrast`).
     """
 
     source: Tensor
@@ -254,6 +256,7 @@ class Work:
     notes: list[str]
     steps: int | None
     start: float
+    remapped: bool = False
 
     @property
     def size(self) -> tuple[int, int]:
@@ -288,7 +291,7 @@ def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Ch
     if work != size:
         notes.append(f"registered at {work[1]}x{work[0]} (longer side capped at {options.max_side}); the field was scaled back")
     src_w, tgt_w = _resize(src_t, work), _resize(tgt_t, work)
-    given_w = tgt_w
+    given_w, remapped = tgt_w, False
     if options.polarity == "auto":
         correlation = float(global_ncc(src_w, tgt_w)[0])
         if correlation < INVERTED_BELOW:
@@ -297,10 +300,12 @@ def prepare(source: np.ndarray, target: np.ndarray, options: Options, choice: Ch
                 f"source and target are anti-correlated ({correlation:.2f}): the target's contrast was taken as inverted"
                 " and the field found against its negative"
             )
+        unmatched = tgt_w
         tgt_w = _matched(src_w, tgt_w, notes)
+        remapped = tgt_w is not unmatched
     default_steps = METHODS[choice.method].default_steps
     steps = options.refine_steps if options.refine_steps is not None else default_steps
-    return Work(src_w, tgt_w, given_w, src_t, tgt_t, options, choice.net, notes, steps, start)
+    return Work(src_w, tgt_w, given_w, src_t, tgt_t, options, choice.net, notes, steps, start, remapped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,13 +370,16 @@ _SEARCHES = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_pref
 
 def polish_and_search(work: Work, flow: Tensor) -> Tensor:
     """``"net+patches"``: :func:`polish`'s field fused with the patch search's (:func:`regcore.patches.fuse_with_patches`),
-    the search run on another thread meanwhile, then its motion boundaries sharpened (:func:`regcore.boundaries.sharpen_boundaries`)."""
+    the search run on another thread meanwhile, then its motion boundaries sharpened (:func:`regcore.boundaries.sharpen_boundaries`)
+    and refined near them (:func:`regcore.variational.refine_near_boundaries`, unless the target's intensities were remapped)."""
     if not work.options.polish:
         return polish(work, flow)
     searched = _SEARCHES.submit(patch_search, work.source, work.target)
     polished = polish(work, flow, PYRAMID_UNDER_PATCHES)
     with torch.inference_mode():
-        return sharpen_boundaries(work.source, work.target, fuse_with_patches(work.source, work.target, polished, searched.result()))
+        flow = sharpen_boundaries(work.source, work.target, fuse_with_patches(work.source, work.target, polished, searched.result()))
+        # The variational data term assumes the target's intensities are the source's: not after a remapping.
+        return flow if work.remapped else refine_near_boundaries(work.source, work.target, flow)
 
 
 def _with_deadline(progress: Progress | None, options: Options, start: float) -> Progress | None:

@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 import regcore
-from regcore.boundaries import _near_steep, sharpen_boundaries
+from regcore.boundaries import STEEP, near_steep, sharpen_boundaries
 from regcore.data import affine_fields, load_photo
 from regcore.filters import box_mean
 from regcore.warp import warp
@@ -14,7 +14,7 @@ from regcore.warp import warp
 SIZE = 128
 
 
-def _disc_pair(shift: float = 10.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def disc_pair(shift: float = 10.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A textured disc (``coffee``) moving ``shift`` px to the right over a still ``camera``:
     source, target, the true field and the disc's outline band (6 px either side of its edge in the target)."""
     background = torch.from_numpy(load_photo("camera", SIZE))[None, None]
@@ -35,7 +35,7 @@ def _disc_pair(shift: float = 10.0) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 @pytest.mark.parametrize("shift", [6.0, 10.0])
 def test_the_network_s_blurred_jump_is_sharpened_along_the_object_s_edge(shift):
-    source, target, true, band = _disc_pair(shift)
+    source, target, true, band = disc_pair(shift)
     net = torch.from_numpy(regcore.register(source[0, 0].numpy(), target[0, 0].numpy(), method="net").flow)[None]
     before = float((net - true)[0].norm(dim=0)[band].mean())
     after = float((sharpen_boundaries(source, target, net) - true)[0].norm(dim=0)[band].mean())
@@ -50,7 +50,7 @@ def test_smooth_motion_is_left_exactly_as_it_is():
 
 
 def test_a_flat_field_far_from_any_jump_is_untouched_and_a_batch_is_done_pair_by_pair():
-    source, target, true, _ = _disc_pair()
+    source, target, true, _ = disc_pair()
     blurred = box_mean(true, 9)
     still = torch.zeros_like(true)
     batch = sharpen_boundaries(torch.cat((source, source)), torch.cat((target, source)), torch.cat((blurred, still)))
@@ -59,12 +59,15 @@ def test_a_flat_field_far_from_any_jump_is_untouched_and_a_batch_is_done_pair_by
     assert np.isfinite(batch.numpy()).all()
 
 
-def test_the_gate_is_the_field_s_steepest_slope_within_reach():
-    flow = np.random.default_rng(0).normal(0, 1, (2, 40, 57)).astype(np.float32)
+@pytest.mark.parametrize("radius", [0, 3, 12])
+def test_the_gate_is_within_reach_of_a_steep_slope(radius):
+    flow = np.random.default_rng(radius).normal(0, 0.45, (2, 40, 57)).astype(np.float32)
     slope = np.zeros((40, 57), np.float32)
     for component in flow:
         across, down = np.zeros_like(slope), np.zeros_like(slope)
         across[:, 1:-1] = np.abs(component[:, 2:] - component[:, :-2]) / 2
         down[1:-1] = np.abs(component[2:] - component[:-2]) / 2
         slope = np.maximum(slope, np.maximum(across, down))
-    np.testing.assert_array_equal(_near_steep(flow, 3), ndimage.maximum_filter(slope, size=7, mode="nearest"))
+    expected = ndimage.maximum_filter(slope, size=2 * radius + 1, mode="nearest") >= STEEP
+    assert 0.01 < (slope >= STEEP).mean() < 0.2  # sparse, so that the reach matters
+    np.testing.assert_array_equal(near_steep(flow, radius, STEEP), expected)

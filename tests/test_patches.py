@@ -10,6 +10,7 @@ from regcore.boundaries import sharpen_boundaries
 from regcore.data import load_photo
 from regcore.patches import fuse_with_patches, patch_search, search_level
 from regcore.polish import polish
+from regcore.variational import refine_near_boundaries
 from regcore.warp import warp
 
 SIZE = 128
@@ -87,9 +88,9 @@ def test_net_patches_beats_net_on_an_object_over_a_background():
 def test_register_runs_the_search_beside_the_pyramid_and_fuses_as_fuse_with_patches_does():
     """The search runs on another thread in register(); the field is the one the same steps give one after the other
     (at 128² "net"'s pyramid is the one under the patches: it has no 16 px level to leave out), its motion
-    boundaries then sharpened."""
+    boundaries then sharpened and refined."""
     source, target, *_ = _object_pair(40, (0.0, 14.0))
     pair = (source[0, 0].numpy(), target[0, 0].numpy())
     polished = torch.from_numpy(regcore.register(*pair, method="net").flow)[None]
-    expected = sharpen_boundaries(source, target, fuse_with_patches(source, target, polished))
+    expected = refine_near_boundaries(source, target, sharpen_boundaries(source, target, fuse_with_patches(source, target, polished)))
     np.testing.assert_allclose(regcore.register(*pair).flow, expected[0].numpy(), atol=1e-5)
