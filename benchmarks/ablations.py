@@ -9,7 +9,10 @@ images and seeds the benchmark never uses), computes the network's field once pe
 - fuses the default pyramid's field with :func:`regcore.patches.patch_search`'s, with the defaults
   and with one parameter of the search or of the fusion changed at a time (:data:`PATCH_VARIANTS`);
 - sharpens the default fusion's motion boundaries (:func:`regcore.boundaries.sharpen_boundaries`)
-  with the defaults and with other vote windows (:data:`BOUNDARY_VARIANTS`),
+  with the defaults and with other vote windows (:data:`BOUNDARY_VARIANTS`);
+- refines the default sharpened field near them (:func:`regcore.variational.refine_near_boundaries`)
+  with the defaults and with other reaches and iteration counts (:data:`VARIATIONAL_VARIANTS`; on the
+  target as given: ``register()`` skips this step where it matched the target's histogram),
 
 and writes the mean endpoint error and median time of each variant to
 ``benchmarks/results/tuning/ablations.md`` (and ``.csv``). This is where the parameters were
@@ -35,7 +38,7 @@ import torch
 from torch import Tensor
 
 import regcore
-from regcore import boundaries, patches
+from regcore import boundaries, patches, variational
 from regcore.polish import FUSE_LEVEL, LK_WIN, NORM_WIN, SCHEDULE, SPREAD, SPREAD_FACTOR, Level, polish
 
 from .sets import EVAL_SETS, build_pairs, describe, tuning_sets
@@ -84,6 +87,14 @@ BOUNDARY_VARIANTS: dict[str, dict] = {
     "votes out to 16 px, every 8 px": {"radius": 16, "step": 8},
 }
 
+#: name -> keyword arguments of :func:`regcore.variational.refine_near_boundaries`, applied to the default sharpened field.
+VARIATIONAL_VARIANTS: dict[str, dict] = {
+    "sharpened, then refined near the boundaries (defaults)": {},
+    f"refined within 12 px, 5 fixed-point iterations (default {variational.REACH}, {variational.OUTER})": {"reach": 12, "outer": 5},
+    "refined within 4 px": {"reach": 4},
+    "refined everywhere, once anything is steep": {"reach": 100_000},
+}
+
 
 def _timed(fn: Callable[..., np.ndarray], *args, **kwargs) -> tuple[np.ndarray, float]:
     """``fn(*args, **kwargs)`` and the seconds it took."""
@@ -108,6 +119,7 @@ _polished = partial(_on_pair, polish)
 _searched = partial(_on_pair, patches.patch_search)
 _fused = partial(_on_pair, patches.fuse_with_patches)
 _sharpened = partial(_on_pair, boundaries.sharpen_boundaries)
+_refined = partial(_on_pair, variational.refine_near_boundaries)
 
 
 def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
@@ -115,7 +127,8 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
     specs = tuning_sets(EVAL_SETS)
     rows = []
     for set_name in set_names:
-        names = ("register() default", "register(method='net')", *VARIANTS, *PATCH_VARIANTS, *BOUNDARY_VARIANTS, "dis-fine")
+        variants = (*VARIANTS, *PATCH_VARIANTS, *BOUNDARY_VARIANTS, *VARIATIONAL_VARIANTS)
+        names = ("register() default", "register(method='net')", *variants, "dis-fine")
         found: dict[str, list[tuple[dict, float]]] = {name: [] for name in names}
         for pair in build_pairs(specs[set_name], pairs):
             images = (pair.source, pair.target)
@@ -150,6 +163,11 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
             for name, options in BOUNDARY_VARIANTS.items():
                 flow, seconds = _timed(_sharpened, *images, fused, **options)
                 found[name].append((score(pair, flow), fused_seconds + seconds))
+                if not options:
+                    sharpened, sharpened_seconds = flow, fused_seconds + seconds
+            for name, options in VARIATIONAL_VARIANTS.items():
+                flow, seconds = _timed(_refined, *images, sharpened, **options)
+                found[name].append((score(pair, flow), sharpened_seconds + seconds))
         for name, results in found.items():
             rows.append(
                 {

@@ -68,19 +68,19 @@ OMEGA = 1.6
 REACH = 8
 
 
-def refine_near_boundaries(source: Tensor, target: Tensor, flow: Tensor, reach: int = REACH) -> Tensor:
+def refine_near_boundaries(source: Tensor, target: Tensor, flow: Tensor, reach: int = REACH, outer: int = OUTER) -> Tensor:
     """``flow`` refined by the variational energy (see the module's docs) within ``reach`` px of its steep parts.
 
     Args:
         source, target: ``(N, 1, H, W)`` images in [0, 1] (the target with the contrast the field was found against).
         flow: ``(N, 2, H, W)`` backward field in pixels.
-        reach: :data:`REACH`.
+        reach, outer: :data:`REACH`, :data:`OUTER`.
 
     Returns:
         ``(N, 2, H, W)`` in pixels; equal to ``flow`` wherever the field is smooth.
     """
     weights = (np.float32(ALPHA), np.float32(DELTA), np.float32(GAMMA), np.float32(ZETA**2), np.float32(EPSILON**2))
-    settings = (*weights, OUTER, INNER, np.float32(OMEGA))
+    settings = (*weights, outer, INNER, np.float32(OMEGA))
     out = []
     for src, tgt, field in zip(kernels.arrays(source), kernels.arrays(target), kernels.arrays(flow), strict=True):
         active = near_steep(field, reach, STEEP)

@@ -1,4 +1,4 @@
-"""The ablation script of the default path (pyramid, patch search, fusion, boundaries) runs end to end and says what it measured."""
+"""The ablation script of the default path (pyramid, patches, fusion, boundaries, refinement) runs end to end and says what it measured."""
 
 from benchmarks import ablations
 
@@ -13,11 +13,12 @@ def test_ablations_write_every_variant_and_the_pyramid_beats_the_network_alone(t
         if line.startswith("| ") and not line.startswith("| variant") and (cells := [c.strip() for c in line.split("|")])
     }
     baselines = {"register() default", "register(method='net')", "dis-fine"}
-    assert set(ablations.VARIANTS) | set(ablations.PATCH_VARIANTS) | set(ablations.BOUNDARY_VARIANTS) | baselines <= set(rows)
+    variants = (ablations.VARIANTS, ablations.PATCH_VARIANTS, ablations.BOUNDARY_VARIANTS, ablations.VARIATIONAL_VARIANTS)
+    assert set().union(*variants) | baselines <= set(rows)
     assert rows["pyramid, defaults"] < 0.7 * rows["network alone (polish=False)"]
     # The script's baselines are register()'s paths: the same pyramid from the same network field, and
     # the same fusion of it with the same search (here one after the other, in register() side by side),
-    # its boundaries sharpened.
+    # its boundaries sharpened and refined.
     assert abs(rows["pyramid, defaults"] - rows["register(method='net')"]) < 0.02
-    assert abs(rows["pyramid + patches, boundaries sharpened (defaults)"] - rows["register() default"]) < 0.02
+    assert abs(rows["sharpened, then refined near the boundaries (defaults)"] - rows["register() default"]) < 0.02
     assert (tmp_path / "ablations.csv").read_text().count("\n") == len(rows) + 1
