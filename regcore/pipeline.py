@@ -491,8 +491,8 @@ METHODS: dict[str, Method] = {
     "net+patches": Method(
         "network + patches",
         "net's field fused, region by region, with a patch search's (every 8x8 patch finds its own "
-        "motion), then its motion boundaries put on the image's edges: objects moving over a background, "
-        "depth edges, periodic textures and large motion, 1.2-1.6x net's time",
+        "motion), then its motion boundaries put on the image's edges and refined pixel by pixel: objects moving "
+        "over a background, depth edges, periodic textures and large motion, 1.2-1.6x net's time",
         net_start,
         polish_and_search,
         network=True,

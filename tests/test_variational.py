@@ -62,3 +62,18 @@ def test_the_default_method_refines_unless_the_target_was_remapped(monkeypatch):
     squared = regcore.register(source[0, 0].numpy(), target[0, 0].numpy() ** 3)
     assert any("intensity distributions differ" in note for note in squared.notes)
     assert len(calls) == 1
+
+
+def test_the_app_s_warm_up_runs_the_refinement_so_its_loops_are_ready_before_the_first_visitor(monkeypatch):
+    from webapp.compute import warm_up
+
+    solved = []
+    real = variational._solve
+
+    def recorded(*args):
+        solved.append(args[3:5])
+        return real(*args)
+
+    monkeypatch.setattr(variational, "_solve", recorded)
+    warm_up(None)
+    assert solved
