@@ -12,7 +12,9 @@ images and seeds the benchmark never uses), computes the network's field once pe
   with the defaults and with other vote windows (:data:`BOUNDARY_VARIANTS`);
 - refines the default sharpened field near them (:func:`regcore.variational.refine_near_boundaries`)
   with the defaults and with other reaches and iteration counts (:data:`VARIATIONAL_VARIANTS`; on the
-  target as given: ``register()`` skips this step where it matched the target's histogram),
+  target as given: ``register()`` skips this step where it matched the target's histogram);
+- runs the rest of the path (fusion, sharpening, refinement) from the default pyramid's and search's
+  fields with one setting of the fusion changed (:data:`CHAIN_VARIANTS`),
 
 and writes the mean endpoint error and median time of each variant to
 ``benchmarks/results/tuning/ablations.md`` (and ``.csv``). This is where the parameters were
@@ -73,7 +75,7 @@ PATCH_VARIANTS: dict[str, tuple[dict, dict, dict] | None] = {
     "pyramid + patches, boundaries not sharpened": ({}, {}, {}),
     "the pyramid with its 16 px level (net's)": ({}, {}, {"schedule": SCHEDULE}),
     f"hard choice (soften 1, default {patches.FUSE_SOFTEN})": ({}, {"soften": 1}, {}),
-    f"margin 0.4 (default {patches.FUSE_MARGIN:g})": ({}, {"margin": 0.4}, {}),
+    f"margin 0.25, the search's field taken where it fits 1.25x better (default {patches.FUSE_MARGIN:g})": ({}, {"margin": 0.25}, {}),
     f"fusion window 9 (default {patches.FUSE_WIN})": ({}, {"win": 9}, {}),
     f"floor 0.01 (default {patches.FLOOR:g})": ({"floor": 0.01}, {}, {}),
     f"patches every 4 px on the fine levels (default {patches.FINE_STRIDE})": ({"fine_stride": 4}, {}, {}),
@@ -85,6 +87,12 @@ BOUNDARY_VARIANTS: dict[str, dict] = {
     "pyramid + patches, boundaries sharpened (defaults)": {},
     f"votes out to 12 px, every 4 px (default {boundaries.RADIUS}, every {boundaries.STEP})": {"radius": 12, "step": 4},
     "votes out to 16 px, every 8 px": {"radius": 16, "step": 8},
+}
+
+#: name -> keyword arguments of :func:`regcore.patches.fuse_with_patches` for the whole rest of the default path: the
+#: default pyramid's and search's fields fused with them, then sharpened and refined with the defaults.
+CHAIN_VARIANTS: dict[str, dict] = {
+    "fusion margin 0.25 (default 0), then sharpened and refined": {"margin": 0.25},
 }
 
 #: name -> keyword arguments of :func:`regcore.variational.refine_near_boundaries`, applied to the default sharpened field.
@@ -127,7 +135,7 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
     specs = tuning_sets(EVAL_SETS)
     rows = []
     for set_name in set_names:
-        variants = (*VARIANTS, *PATCH_VARIANTS, *BOUNDARY_VARIANTS, *VARIATIONAL_VARIANTS)
+        variants = (*VARIANTS, *PATCH_VARIANTS, *BOUNDARY_VARIANTS, *VARIATIONAL_VARIANTS, *CHAIN_VARIANTS)
         names = ("register() default", "register(method='net')", *variants, "dis-fine")
         found: dict[str, list[tuple[dict, float]]] = {name: [] for name in names}
         for pair in build_pairs(specs[set_name], pairs):
@@ -160,6 +168,7 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
                 found[name].append((score(pair, flow), net_seconds + polish_seconds + search_seconds + seconds))
                 if variant == ({}, {}, {}):
                     fused, fused_seconds = flow, net_seconds + polish_seconds + search_seconds + seconds
+                    fields, fields_seconds = (polished, searched), net_seconds + polish_seconds + search_seconds
             for name, options in BOUNDARY_VARIANTS.items():
                 flow, seconds = _timed(_sharpened, *images, fused, **options)
                 found[name].append((score(pair, flow), fused_seconds + seconds))
@@ -168,6 +177,11 @@ def run(set_names: tuple[str, ...], pairs: int | None) -> list[dict]:
             for name, options in VARIATIONAL_VARIANTS.items():
                 flow, seconds = _timed(_refined, *images, sharpened, **options)
                 found[name].append((score(pair, flow), sharpened_seconds + seconds))
+            for name, options in CHAIN_VARIANTS.items():
+                flow, seconds = _timed(_fused, *images, *fields, **options)
+                flow, more = _timed(_sharpened, *images, flow)
+                flow, most = _timed(_refined, *images, flow)
+                found[name].append((score(pair, flow), fields_seconds + seconds + more + most))
         for name, results in found.items():
             rows.append(
                 {

@@ -80,10 +80,15 @@ PYRAMID_UNDER_PATCHES: tuple[Level, ...] = tuple(level for level in SCHEDULE if 
 #: Side (pixels) of the window over which :func:`fuse_with_patches` compares the two fields' fits:
 #: wider than a patch, so that a few textureless pixels do not decide alone.
 FUSE_WIN = 15
-#: How much better the patches' field must fit to be taken (see :func:`regcore.polish.fuse`): 0.25
-#: rather than 0.4, with :data:`FLOOR` 0.004, took layered tuning pairs from 1.66 to 1.58 px at 128²
-#: and 3.27 to 3.19 at 256², folding on smooth pairs staying under 0.03%.
-FUSE_MARGIN = 0.25
+#: How much better the patches' field must fit to be taken (see :func:`regcore.polish.fuse`): none,
+#: each pixel takes the field that fits better around it. A margin (0.25 until the boundary
+#: sharpening and the variational refinement came after the fusion) kept the pyramid's field where
+#: the search fitted a little better, on real stereo mostly the search's correct disparity in
+#: textured regions and on thin objects. 0 rather than 0.25, whole default path: real stereo tuning
+#: pairs 0.734 -> 0.684 px (cones) and 1.309 -> 1.232 (Adirondack), layered 0.955 -> 0.875 at 128²
+#: (1.941 -> 1.971 at 256²), smooth pairs 0.118 -> 0.116, folding on smooth pairs 0.002-0.014% ->
+#: 0.006-0.018% (``benchmarks/results/tuning/ablations.md``).
+FUSE_MARGIN = 0.0
 #: Side (pixels) of the box over which each pixel's choice between the two fields is averaged, so
 #: the fused field changes over a few pixels rather than at one: the seams of a hard choice folded
 #: 0.05-0.25% of the pixels of smoothly deformed tuning pairs, this 0.01-0.06%.

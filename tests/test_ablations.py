@@ -13,7 +13,13 @@ def test_ablations_write_every_variant_and_the_pyramid_beats_the_network_alone(t
         if line.startswith("| ") and not line.startswith("| variant") and (cells := [c.strip() for c in line.split("|")])
     }
     baselines = {"register() default", "register(method='net')", "dis-fine"}
-    variants = (ablations.VARIANTS, ablations.PATCH_VARIANTS, ablations.BOUNDARY_VARIANTS, ablations.VARIATIONAL_VARIANTS)
+    variants = (
+        ablations.VARIANTS,
+        ablations.PATCH_VARIANTS,
+        ablations.BOUNDARY_VARIANTS,
+        ablations.VARIATIONAL_VARIANTS,
+        ablations.CHAIN_VARIANTS,
+    )
     assert set().union(*variants) | baselines <= set(rows)
     assert rows["pyramid, defaults"] < 0.7 * rows["network alone (polish=False)"]
     # The script's baselines are register()'s paths: the same pyramid from the same network field, and
