@@ -54,8 +54,14 @@ def tensor(pairs: Sequence[np.ndarray], like: Tensor) -> Tensor:
 
 
 def compiled(fn: Callable | None = None, **options: object) -> Callable:
-    """``numba.njit`` with ``fastmath`` and ``nogil`` (``options`` override them), cached on disk where
-    numba finds a writable place (the package's ``__pycache__``, the user's cache, ``NUMBA_CACHE_DIR``).
+    """``numba.njit`` with ``fastmath``, ``nogil`` and NumPy's error model (``options`` override them),
+    cached on disk where numba finds a writable place (the package's ``__pycache__``, the user's cache,
+    ``NUMBA_CACHE_DIR``).
+
+    NumPy's error model: a division by zero gives inf or NaN, as in NumPy, instead of a check before
+    every division that keeps the loop from being vectorised (every division here is guarded by a
+    floor). One Lucas–Kanade step of a 256 × 177 pair took 1.2 ms instead of 2.1, ``register()`` on it
+    21 ms instead of 22.5.
 
     Where it finds none (a read-only install and no writable home), numba refuses ``cache=True`` when
     the function is defined, which would make ``import regcore`` fail: the function is then compiled
@@ -63,7 +69,7 @@ def compiled(fn: Callable | None = None, **options: object) -> Callable:
     """
     if fn is None:
         return lambda f: compiled(f, **options)
-    settings = {"fastmath": True, "nogil": True, **options}
+    settings = {"fastmath": True, "nogil": True, "error_model": "numpy", **options}
     try:
         return njit(cache=True, **settings)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
