@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             methods = [m for m in methods if not m.slow]
         if args.methods:
             methods = [m for m in methods if m.name == "identity" or any(fnmatch(m.name, pat) for pat in args.methods)]
-        rows = suite.run_accuracy(sets, methods, args.pairs)
+        rows = suite.run_accuracy(sets, methods, args.pairs, min_calls=1 if args.quick else suite.MIN_TIMED_CALLS)
         summary = suite.summarise(rows)
         paths = suite.write_outputs(out, rows, summary, sets, methods, header, next(iter(models), None))
         print(paths.files["markdown"].read_text())

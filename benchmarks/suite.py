@@ -426,18 +426,28 @@ def thread_counts() -> dict[str, int]:
     return counts
 
 
+#: Fewest timed calls per method and set in ``python -m benchmarks.run`` (:func:`run_accuracy`'s
+#: ``min_calls``; not with ``--quick``): sets with fewer pairs (the real stereo pair) register each pair
+#: several times over.
+MIN_TIMED_CALLS = 5
+
+
 def run_accuracy(
     sets: dict[str, EvalSet],
     methods: Sequence[Method],
     count: int | None = None,
     log: Callable[[str], None] = print,
+    min_calls: int = 1,
 ) -> list[dict]:
     """Register every pair of every set with every method; one row per (set, pair, method).
 
     Methods run interleaved (for each pair, every method in turn), so background load falls on
     all of them alike; each method is first run once on a set's first pair, untimed (warm-up:
-    imports, model loading, allocator and oneDNN caches; once per image shape). Rows: ``set``, ``pair``,
-    ``method``, ``family``, ``time_s`` and the :func:`score` figures.
+    imports, model loading, allocator and oneDNN caches; once per image shape). In a set of fewer than
+    ``min_calls`` pairs (``python -m benchmarks.run``: :data:`MIN_TIMED_CALLS`) each pair is registered
+    ``ceil(min_calls / pairs)`` times over (interleaved too) and its time is the median of those calls:
+    one call of a few milliseconds is at the mercy of a single scheduler hiccup. Rows: ``set``,
+    ``pair``, ``method``, ``family``, ``time_s`` and the :func:`score` figures (of the first call's field).
     """
     runnable = []
     for method in methods:
@@ -455,14 +465,21 @@ def run_accuracy(
             warm.add(pairs[0].source.shape)
             for method in runnable:
                 method.fn(pairs[0].source, pairs[0].target)
+        calls = max(1, -(-min_calls // len(pairs)))
         for i, pair in enumerate(pairs):
+            flows: dict[str, np.ndarray] = {}
+            times: dict[str, list[float]] = {method.name: [] for method in runnable}
+            for _ in range(calls):
+                for method in runnable:
+                    start = time.perf_counter()
+                    flow = method.fn(pair.source, pair.target)
+                    times[method.name].append(time.perf_counter() - start)
+                    flows.setdefault(method.name, flow)
             for method in runnable:
-                start = time.perf_counter()
-                flow = method.fn(pair.source, pair.target)
-                elapsed = time.perf_counter() - start
+                elapsed = statistics.median(times[method.name])
                 rows.append(
                     {"set": set_name, "pair": pair.name, "method": method.name, "family": method.family, "time_s": elapsed}
-                    | score(pair, flow)
+                    | score(pair, flows[method.name])
                 )
             log(f"  {set_name} pair {i + 1}/{len(pairs)} ({pair.name}) done")
     return rows

@@ -290,6 +290,26 @@ def test_missing_package_is_skipped_with_a_message():
     assert {r["method"] for r in rows} == {"identity"}
 
 
+def test_a_set_of_one_pair_is_timed_over_several_calls_and_scored_on_the_first(monkeypatch):
+    clock = iter(np.arange(0.0, 1000.0, 1.0))
+    monkeypatch.setattr(suite.time, "perf_counter", lambda: next(clock))
+    durations = iter([0.0, 5.0, 1.0, 2.0, 9.0])  # seconds each timed call takes, in call order
+    calls = []
+
+    def fake(source, target):
+        calls.append(source.shape)
+        if len(calls) > 1:  # the first call is the untimed warm-up
+            for _ in range(int(next(durations))):
+                suite.time.perf_counter()
+        return np.zeros((2, *source.shape), np.float32)
+
+    method = suite.Method("fake", fake, "classical")
+    rows = suite.run_accuracy({"one": sets.EvalSet("photo", 32, 2.0, seed=1, count=1)}, [method], log=lambda m: None, min_calls=5)
+    assert len(calls) == 1 + 5 and len(rows) == 1
+    assert rows[0]["time_s"] == 3.0  # median of 1, 6, 2, 3, 10 clock ticks (each call's own ticks plus its stop)
+    assert rows[0]["epe"] > 0  # the zero field, scored
+
+
 def test_regcore_rows_include_the_default_method(monkeypatch):
     methods = {m.name: m for m in suite.regcore_methods({"m": "path"}, refine_steps=(10,))}
     assert list(methods)[:3] == ["m:net", "m:net-raw", "m:net@half"]
